@@ -1,0 +1,53 @@
+"""What a run ran on: library versions, devices, processes and the git commit (``env.json``)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jax
+
+PACKAGES = ("jaxalign", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """The commit of the checkout holding ``path`` (this package by default), or None."""
+    where = Path(path or Path(__file__).parent)
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None
+
+
+def describe() -> dict[str, Any]:
+    """A JSON-ready description of the software and hardware this process sees."""
+    devices = jax.devices()
+    return {
+        "versions": {p: _version(p) for p in PACKAGES} | {"python": platform.python_version()},
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": jax.device_count(),
+        "local_device_count": jax.local_device_count(),
+        "process_count": jax.process_count(),
+        "process_index": jax.process_index(),
+        "git_commit": git_commit(),
+    }

@@ -1,0 +1,32 @@
+"""Objectives: pure functions of global (possibly batch-sharded) arrays returning global scalars.
+
+See DESIGN.md's contracts. Every function takes ``mesh=None`` for one device or the mesh its
+inputs are sharded over; the value and gradients do not depend on which.
+"""
+
+from jaxalign.objectives.contrastive import MAX_LOGIT_SCALE, clip_loss, nt_xent, siglip_loss
+from jaxalign.objectives.domain import (
+    DEFAULT_KERNEL_MULTS,
+    coral,
+    dann_schedule,
+    domain_adversarial_loss,
+    gradient_reversal,
+    mmd,
+    reversal_coefficient,
+    warm_start_schedule,
+)
+
+__all__ = [
+    "DEFAULT_KERNEL_MULTS",
+    "MAX_LOGIT_SCALE",
+    "clip_loss",
+    "coral",
+    "dann_schedule",
+    "domain_adversarial_loss",
+    "gradient_reversal",
+    "mmd",
+    "nt_xent",
+    "reversal_coefficient",
+    "siglip_loss",
+    "warm_start_schedule",
+]

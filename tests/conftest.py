@@ -1,0 +1,31 @@
+"""Test setup: every test sees 8 simulated CPU devices.
+
+The flag must be in the environment before jax is first imported, so this file sets it at import
+time (pytest imports conftest.py before any test module) and refuses to go on if jax came first.
+"""
+
+import os
+import sys
+
+if "jax" in sys.modules:
+    raise RuntimeError(
+        "jax was imported before tests/conftest.py could set "
+        "--xla_force_host_platform_device_count=8; import jax only inside tests"
+    )
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
+).strip()
+
+import jax
+import pytest
+from hypothesis import settings
+
+# Each hypothesis example may compile; keep the profile small and free of wall-clock deadlines.
+settings.register_profile("jaxalign", max_examples=25, deadline=None, derandomize=True)
+settings.load_profile("jaxalign")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def eight_devices():
+    assert jax.device_count() == 8, f"expected 8 simulated CPU devices, got {jax.devices()}"
