@@ -75,6 +75,12 @@ def scalar(
     return array.astype(jnp.float32)
 
 
+def positive_int(caller: str, name: str, value: int) -> None:
+    """Checks a static size (a tile edge, a count)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{caller}: {name} must be a positive integer, got {value!r}")
+
+
 def choice(caller: str, name: str, value: str, allowed: Sequence[str]) -> None:
     """Checks that a string option is one of ``allowed``."""
     if value not in allowed:

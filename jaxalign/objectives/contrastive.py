@@ -15,18 +15,20 @@ loss normalised by the batch size); Chen et al. 2020 (SimCLR, NT-Xent over 2N vi
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from jaxalign.objectives import checks
+from jaxalign.objectives import blockwise, checks
 from jaxalign.parallel.collectives import BatchAxes, map_over_batch
 
 # CLIP clamps the learned inverse temperature at 100.
 MAX_LOGIT_SCALE = math.log(100.0)
-IMPLS = ("naive",)
+IMPLS = ("naive", "tiled", "ring")
+DEFAULT_TILE = 1024
 
 
 def _similarity(rows: jax.Array, cols: jax.Array) -> jax.Array:
@@ -67,19 +69,52 @@ def _clip_loss_shard(
     logit_scale: jax.Array,
     *,
     label_smoothing: float,
+    impl: str,
+    tile: int,
 ) -> jax.Array:
     """One device's rows: ``[local, dim] x [local, dim] -> scalar`` (global mean)."""
     local = image_emb.shape[0]
-    all_images, all_texts = axes.gather(image_emb), axes.gather(text_emb)
-    labels = axes.offset(local) + jnp.arange(local)
+    batch = local * axes.size
     scale = _inverse_temperature(logit_scale)
-    image_to_text = _cross_entropy_sum(
-        scale * _similarity(image_emb, all_texts), labels, label_smoothing
+    if impl == "naive":
+        all_images, all_texts = axes.gather(image_emb), axes.gather(text_emb)
+        labels = axes.offset(local) + jnp.arange(local)
+        image_to_text = _cross_entropy_sum(
+            scale * _similarity(image_emb, all_texts), labels, label_smoothing
+        )
+        text_to_image = _cross_entropy_sum(
+            scale * _similarity(text_emb, all_images), labels, label_smoothing
+        )
+        return axes.sum(image_to_text + text_to_image) / (2 * batch)
+
+    # tiled / ring: only the log-sum-exps need the [local, global] logits; they come from
+    # blockwise.row_reduce. The positive logit and the mean logit (label smoothing) are
+    # O(local x dim): row i's positive is its own pair, the mean is against the global mean.
+    ring = impl == "ring"
+    other_texts, other_images = (
+        (text_emb, image_emb) if ring else (axes.gather(text_emb), axes.gather(image_emb))
     )
-    text_to_image = _cross_entropy_sum(
-        scale * _similarity(text_emb, all_images), labels, label_smoothing
+    reduce = functools.partial(
+        blockwise.row_reduce,
+        blockwise.LogSumExp(),
+        scale=axes.vary(scale),
+        bias=axes.vary(jnp.zeros((), jnp.float32)),
+        tile=tile,
+        axes=axes.names,
+        ring=ring,
     )
-    return axes.sum(image_to_text + text_to_image) / (2 * all_images.shape[0])
+    log_norms = jnp.sum(reduce(image_emb, other_texts)) + jnp.sum(reduce(text_emb, other_images))
+    positives = scale * jnp.sum(image_emb.astype(jnp.float32) * text_emb.astype(jnp.float32))
+    loss = log_norms - 2.0 * (1.0 - label_smoothing) * positives
+    if label_smoothing:
+        mean_image, mean_text = axes.sum(
+            (jnp.sum(image_emb, 0, jnp.float32), jnp.sum(text_emb, 0, jnp.float32))
+        )
+        mean_logits = _similarity(image_emb, mean_text[None]) + _similarity(
+            text_emb, mean_image[None]
+        )
+        loss -= label_smoothing * scale * jnp.sum(mean_logits) / batch
+    return axes.sum(loss) / (2 * batch)
 
 
 def clip_loss(
@@ -89,6 +124,7 @@ def clip_loss(
     *,
     mesh: Mesh | None = None,
     impl: str = "naive",
+    tile: int = DEFAULT_TILE,
     label_smoothing: float = 0.0,
 ) -> jax.Array:
     """CLIP's symmetric InfoNCE: the mean of image->text and text->image cross-entropy.
@@ -102,12 +138,17 @@ def clip_loss(
       text_emb: ``[batch, dim]`` L2-normalised text embeddings, same dtype.
       logit_scale: scalar, log of the inverse temperature; clamped at ``log(100)``.
       mesh: the mesh the batch is sharded over, or None for one device.
-      impl: "naive" (each device holds ``[local, global]`` logits).
+      impl: "naive" (each device holds ``[local, global]`` logits), "tiled" (the other side is
+        all-gathered, logits are built ``tile x tile`` at a time and recomputed in the backward
+        pass) or "ring" (as tiled, but the other side's blocks travel around the devices with
+        ``ppermute``: per-device memory ``O(local x dim + tile^2)`` at any device count).
+      tile: the tile edge for "tiled" and "ring"; batches it does not divide are padded.
       label_smoothing: ``eps`` in [0, 1): targets ``(1 - eps) * one_hot + eps / batch``.
     """
     caller = "clip_loss"
     checks.features(caller, mesh, same_batch=True, image_emb=image_emb, text_emb=text_emb)
     checks.choice(caller, "impl", impl, IMPLS)
+    checks.positive_int(caller, "tile", tile)
     _check_label_smoothing(caller, label_smoothing)
     logit_scale = checks.scalar(caller, "logit_scale", logit_scale)
     return map_over_batch(
@@ -115,7 +156,7 @@ def clip_loss(
         mesh=mesh,
         batched=[("image_emb", image_emb), ("text_emb", text_emb)],
         replicated=[logit_scale],
-        options={"label_smoothing": float(label_smoothing)},
+        options={"label_smoothing": float(label_smoothing), "impl": impl, "tile": tile},
         caller=caller,
     )
 
@@ -126,14 +167,38 @@ def _siglip_loss_shard(
     text_emb: jax.Array,
     logit_scale: jax.Array,
     logit_bias: jax.Array,
+    *,
+    impl: str,
+    tile: int,
 ) -> jax.Array:
     """One device's image rows against every text: ``[local, global]`` pairs."""
     local = image_emb.shape[0]
-    all_texts = axes.gather(text_emb)
-    logits = _inverse_temperature(logit_scale) * _similarity(image_emb, all_texts) + logit_bias
-    rows = axes.offset(local) + jnp.arange(local)
-    signs = jnp.where(rows[:, None] == jnp.arange(all_texts.shape[0])[None, :], 1.0, -1.0)
-    return -axes.sum(jnp.sum(jax.nn.log_sigmoid(signs * logits))) / all_texts.shape[0]
+    batch = local * axes.size
+    scale = _inverse_temperature(logit_scale)
+    if impl == "naive":
+        all_texts = axes.gather(text_emb)
+        logits = scale * _similarity(image_emb, all_texts) + logit_bias
+        rows = axes.offset(local) + jnp.arange(local)
+        signs = jnp.where(rows[:, None] == jnp.arange(batch)[None, :], 1.0, -1.0)
+        return -axes.sum(jnp.sum(jax.nn.log_sigmoid(signs * logits))) / batch
+
+    # tiled / ring: -log sigmoid(z * l) = softplus(-z * l), so the sum over all pairs is
+    # sum_ij softplus(l_ij) (every pair a negative) minus sum_i l_ii (softplus(-x) -
+    # softplus(x) = -x for the positives, which are each row's own pair).
+    ring = impl == "ring"
+    negatives = blockwise.row_reduce(
+        blockwise.SoftplusSum(),
+        image_emb,
+        text_emb if ring else axes.gather(text_emb),
+        axes.vary(scale),
+        axes.vary(logit_bias),
+        tile=tile,
+        axes=axes.names,
+        ring=ring,
+    )
+    positives = scale * jnp.sum(image_emb.astype(jnp.float32) * text_emb.astype(jnp.float32), 1)
+    positives = positives + logit_bias
+    return axes.sum(jnp.sum(negatives) - jnp.sum(positives)) / batch
 
 
 def siglip_loss(
@@ -144,6 +209,7 @@ def siglip_loss(
     *,
     mesh: Mesh | None = None,
     impl: str = "naive",
+    tile: int = DEFAULT_TILE,
 ) -> jax.Array:
     """SigLIP's pairwise sigmoid loss over the global batch.
 
@@ -158,11 +224,14 @@ def siglip_loss(
         (SigLIP initialises it at ``log(10)``).
       logit_bias: scalar bias (SigLIP initialises it at -10).
       mesh: the mesh the batch is sharded over, or None for one device.
-      impl: "naive".
+      impl: "naive", "tiled" or "ring", as for ``clip_loss``; the backward pass of "tiled"
+        and "ring" recomputes each block's logits rather than keeping them.
+      tile: the tile edge for "tiled" and "ring".
     """
     caller = "siglip_loss"
     checks.features(caller, mesh, same_batch=True, image_emb=image_emb, text_emb=text_emb)
     checks.choice(caller, "impl", impl, IMPLS)
+    checks.positive_int(caller, "tile", tile)
     logit_scale = checks.scalar(caller, "logit_scale", logit_scale)
     logit_bias = checks.scalar(caller, "logit_bias", logit_bias)
     return map_over_batch(
@@ -170,6 +239,7 @@ def siglip_loss(
         mesh=mesh,
         batched=[("image_emb", image_emb), ("text_emb", text_emb)],
         replicated=[logit_scale, logit_bias],
+        options={"impl": impl, "tile": tile},
         caller=caller,
     )
 

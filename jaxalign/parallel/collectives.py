@@ -49,6 +49,18 @@ class BatchAxes:
             return x
         return lax.psum(x, self.names)
 
+    @property
+    def size(self) -> int:
+        """How many devices share the batch (1 without a mesh); static inside shard_map."""
+        return lax.axis_size(self.names) if self.names else 1
+
+    def vary(self, x: jax.Array) -> jax.Array:
+        """Marks a replicated value as per-device, so that a hand-written backward pass may
+        return this device's share of its gradient (``shard_map`` sums the shares)."""
+        if not self.names:
+            return x
+        return lax.pcast(x, self.names, to="varying")
+
     def offset(self, local_size: int) -> jax.Array:
         """Global index of this device's first row (0 without a mesh)."""
         if not self.names:
