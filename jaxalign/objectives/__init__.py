@@ -4,6 +4,7 @@ See DESIGN.md's contracts. Every function takes ``mesh=None`` for one device or 
 inputs are sharded over; the value and gradients do not depend on which.
 """
 
+from jaxalign.objectives.cached_gradient import cached_gradient
 from jaxalign.objectives.contrastive import MAX_LOGIT_SCALE, clip_loss, nt_xent, siglip_loss
 from jaxalign.objectives.domain import (
     DEFAULT_KERNEL_MULTS,
@@ -19,6 +20,7 @@ from jaxalign.objectives.domain import (
 __all__ = [
     "DEFAULT_KERNEL_MULTS",
     "MAX_LOGIT_SCALE",
+    "cached_gradient",
     "clip_loss",
     "coral",
     "dann_schedule",
