@@ -6,12 +6,14 @@ a sum of softplus for SigLIP. ``row_reduce`` computes it tile by tile, holding a
 ``tile x tile`` logits at a time, and its ``jax.custom_vjp`` backward recomputes each tile's
 logits from the inputs and the per-row results instead of keeping them.
 
-Two ways to reach the columns:
+The caller always passes its own columns; ``columns`` says how the others are reached:
 
-- tiled: the caller passes all the columns (e.g. all-gathered, ``[global, dim]``);
-- ring (``ring=True``, inside ``shard_map``): the caller passes only its own ``[local,
-  dim]`` columns, which travel around the devices with ``lax.ppermute``; the next block's
-  transfer is issued before the current block's compute so the two can overlap. In the
+- "local": no others (one device, or columns that are already global);
+- "gathered" (tiled): all-gathered inside the forward pass and again inside the backward pass
+  (so the ``[global, dim]`` copy is not kept between them), the columns' gradient
+  reduce-scattered back to their owners;
+- "ring": the ``[local, dim]`` blocks travel around the devices with ``lax.ppermute``; the
+  next block's transfer is issued before the current block's compute so the two can overlap. In the
   backward pass each block's gradient accumulator travels with it and arrives home after a full
   circle. Per-device memory is ``O(local x dim + tile x tile)`` whatever the device count.
 
@@ -28,6 +30,8 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+COLUMNS = ("local", "gathered", "ring")
 
 
 class Reduction(Protocol):
@@ -187,12 +191,19 @@ def _varying(tree, axes):
     return jax.tree.map(lambda x: lax.pcast(x, axes, to="varying"), tree)
 
 
-def _forward(reduction, tile, axes, ring, rows, cols, scale, bias):
+def _all_columns(cols, axes, columns):
+    if columns == "gathered" and axes:
+        return lax.all_gather(cols, axes, axis=0, tiled=True)
+    return cols
+
+
+def _forward(reduction, tile, axes, columns, rows, cols, scale, bias):
+    cols = _all_columns(cols, axes, columns)
     tiling = _Tiling.of(rows.shape[0], cols.shape[0], tile)
     rows_p = _pad_rows(rows, tiling.row_tile)
     block = _pad_rows(cols, tiling.col_tile)
     state = _varying(reduction.init(rows_p.shape[0]), axes)
-    ring_size = lax.axis_size(axes) if ring else 1
+    ring_size = lax.axis_size(axes) if columns == "ring" and axes else 1
 
     def hop(carry, _):
         state, block = carry
@@ -206,17 +217,18 @@ def _forward(reduction, tile, axes, ring, rows, cols, scale, bias):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _row_reduce(reduction, tile, axes, ring, rows, cols, scale, bias):
-    return _forward(reduction, tile, axes, ring, rows, cols, scale, bias)
+def _row_reduce(reduction, tile, axes, columns, rows, cols, scale, bias):
+    return _forward(reduction, tile, axes, columns, rows, cols, scale, bias)
 
 
-def _row_reduce_fwd(reduction, tile, axes, ring, rows, cols, scale, bias):
-    values = _forward(reduction, tile, axes, ring, rows, cols, scale, bias)
+def _row_reduce_fwd(reduction, tile, axes, columns, rows, cols, scale, bias):
+    values = _forward(reduction, tile, axes, columns, rows, cols, scale, bias)
     return values, (rows, cols, scale, bias, values)
 
 
-def _row_reduce_bwd(reduction, tile, axes, ring, residuals, g):
-    rows, cols, scale, bias, values = residuals
+def _row_reduce_bwd(reduction, tile, axes, columns, residuals, g):
+    rows, local_cols, scale, bias, values = residuals
+    cols = _all_columns(local_cols, axes, columns)
     tiling = _Tiling.of(rows.shape[0], cols.shape[0], tile)
     rows_p = _pad_rows(rows, tiling.row_tile)
     block = _pad_rows(cols, tiling.col_tile)
@@ -238,7 +250,7 @@ def _row_reduce_bwd(reduction, tile, axes, ring, residuals, g):
             (d_rows, d_block, d_scale, d_bias),
         )  # fmt: skip
 
-    if ring and lax.axis_size(axes) > 1:
+    if columns == "ring" and axes and lax.axis_size(axes) > 1:
         # Each block travels with its own gradient accumulator; after ring_size hops both are
         # back on the device that owns them.
         def hop(carry, _):
@@ -254,9 +266,12 @@ def _row_reduce_bwd(reduction, tile, axes, ring, residuals, g):
         )
     else:
         d_rows, d_block, d_scale, d_bias = grads_of(block, d_rows, d_block, d_scale, d_bias)
+    d_cols = d_block[: tiling.cols]
+    if columns == "gathered" and axes:
+        d_cols = lax.psum_scatter(d_cols, axes, scatter_dimension=0, tiled=True)
     return (
         d_rows[: tiling.rows].astype(rows.dtype),
-        d_block[: tiling.cols].astype(cols.dtype),
+        d_cols.astype(cols.dtype),
         d_scale.astype(scale.dtype),
         d_bias.astype(bias.dtype),
     )
@@ -274,7 +289,7 @@ def row_reduce(
     *,
     tile: int,
     axes: tuple[str, ...] = (),
-    ring: bool = False,
+    columns: str = "local",
 ) -> jax.Array:
     """``[rows, dim] x [cols, dim] -> [rows]``: ``reduction`` over ``j`` of
     ``scale * <rows_i, cols_j> + bias``, never holding more than ``tile x tile`` logits.
@@ -282,13 +297,16 @@ def row_reduce(
     Args:
       reduction: ``LogSumExp()`` or ``SoftplusSum()``.
       rows: this device's rows.
-      cols: all the columns (tiled), or, with ``ring``, this device's block of them.
+      cols: this device's columns.
       scale, bias: float32 scalars; inside ``shard_map`` they must be device-varying
         (``BatchAxes.vary``), so that the gradient returned here is this device's share.
       tile: the tile edge; batches it does not divide are padded and masked.
       axes: the batch axes when called inside ``shard_map`` (empty on one device).
-      ring: the column blocks travel around the devices of ``axes``.
+      columns: how the other devices' columns are reached: "local" (they are not), "gathered"
+        or "ring" (see the module docstring).
     """
     if tile < 1:
         raise ValueError(f"row_reduce: tile must be a positive integer, got {tile}")
-    return _row_reduce(reduction, tile, tuple(axes), ring, rows, cols, scale, bias)
+    if columns not in COLUMNS:
+        raise ValueError(f"row_reduce: columns must be one of {COLUMNS}, got {columns!r}")
+    return _row_reduce(reduction, tile, tuple(axes), columns, rows, cols, scale, bias)

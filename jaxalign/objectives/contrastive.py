@@ -29,6 +29,7 @@ from jaxalign.parallel.collectives import BatchAxes, map_over_batch
 MAX_LOGIT_SCALE = math.log(100.0)
 IMPLS = ("naive", "tiled", "ring")
 DEFAULT_TILE = 1024
+_COLUMNS = {"tiled": "gathered", "ring": "ring"}  # how blockwise.row_reduce reaches them
 
 
 def _similarity(rows: jax.Array, cols: jax.Array) -> jax.Array:
@@ -90,10 +91,6 @@ def _clip_loss_shard(
     # tiled / ring: only the log-sum-exps need the [local, global] logits; they come from
     # blockwise.row_reduce. The positive logit and the mean logit (label smoothing) are
     # O(local x dim): row i's positive is its own pair, the mean is against the global mean.
-    ring = impl == "ring"
-    other_texts, other_images = (
-        (text_emb, image_emb) if ring else (axes.gather(text_emb), axes.gather(image_emb))
-    )
     reduce = functools.partial(
         blockwise.row_reduce,
         blockwise.LogSumExp(),
@@ -101,9 +98,17 @@ def _clip_loss_shard(
         bias=axes.vary(jnp.zeros((), jnp.float32)),
         tile=tile,
         axes=axes.names,
-        ring=ring,
+        columns=_COLUMNS[impl],
     )
-    log_norms = jnp.sum(reduce(image_emb, other_texts)) + jnp.sum(reduce(text_emb, other_images))
+    if impl == "tiled":
+        # One direction after the other (lax.map), so only one direction's all-gathered
+        # [global, dim] columns and their gradient are alive at a time: measured 80 -> 60 MiB
+        # per device at global batch 2^13, dim 512, on 8 devices (benchmarks/loss_memory.py).
+        pairs = (jnp.stack([image_emb, text_emb]), jnp.stack([text_emb, image_emb]))
+        log_norms = jnp.sum(jax.lax.map(lambda pair: reduce(*pair), pairs))
+    else:
+        # Ring: the columns are local, and stacking copies would cost more than it saves.
+        log_norms = jnp.sum(reduce(image_emb, text_emb)) + jnp.sum(reduce(text_emb, image_emb))
     positives = scale * jnp.sum(image_emb.astype(jnp.float32) * text_emb.astype(jnp.float32))
     loss = log_norms - 2.0 * (1.0 - label_smoothing) * positives
     if label_smoothing:
@@ -185,16 +190,15 @@ def _siglip_loss_shard(
     # tiled / ring: -log sigmoid(z * l) = softplus(-z * l), so the sum over all pairs is
     # sum_ij softplus(l_ij) (every pair a negative) minus sum_i l_ii (softplus(-x) -
     # softplus(x) = -x for the positives, which are each row's own pair).
-    ring = impl == "ring"
     negatives = blockwise.row_reduce(
         blockwise.SoftplusSum(),
         image_emb,
-        text_emb if ring else axes.gather(text_emb),
+        text_emb,
         axes.vary(scale),
         axes.vary(logit_bias),
         tile=tile,
         axes=axes.names,
-        ring=ring,
+        columns=_COLUMNS[impl],
     )
     positives = scale * jnp.sum(image_emb.astype(jnp.float32) * text_emb.astype(jnp.float32), 1)
     positives = positives + logit_bias
