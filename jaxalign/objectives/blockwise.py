@@ -13,9 +13,10 @@ The caller always passes its own columns; ``columns`` says how the others are re
   (so the ``[global, dim]`` copy is not kept between them), the columns' gradient
   reduce-scattered back to their owners;
 - "ring": the ``[local, dim]`` blocks travel around the devices with ``lax.ppermute``; the
-  next block's transfer is issued before the current block's compute so the two can overlap. In the
-  backward pass each block's gradient accumulator travels with it and arrives home after a full
-  circle. Per-device memory is ``O(local x dim + tile x tile)`` whatever the device count.
+  next block's transfer does not depend on the current block's compute, so XLA's scheduler
+  may overlap the two. In the backward pass each block's gradient accumulator travels with it
+  and arrives home after a full circle. Per-device memory is ``O(local x dim + tile x tile)``
+  whatever the device count.
 
 References: the online log-sum-exp of Milakov & Gimelshein 2018 and FlashAttention (Dao et al.
 2022); the ring / tiled contrastive loss of Cheng et al. 2024 ("Breaking the Memory Barrier",
@@ -24,6 +25,7 @@ Inf-CL).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, NamedTuple, Protocol
 
@@ -48,7 +50,8 @@ class Reduction(Protocol):
         ...
 
 
-class LogSumExp(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class LogSumExp:
     """``value_i = log sum_j exp(logit_ij)``, as a running (max, rescaled sum)."""
 
     def init(self, rows):
@@ -71,7 +74,8 @@ class LogSumExp(NamedTuple):
         return jnp.exp(logits - values[:, None])
 
 
-class SoftplusSum(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class SoftplusSum:
     """``value_i = sum_j softplus(logit_ij)`` (every pair taken as a negative)."""
 
     def init(self, rows):
@@ -207,7 +211,7 @@ def _forward(reduction, tile, axes, columns, rows, cols, scale, bias):
 
     def hop(carry, _):
         state, block = carry
-        incoming = _ring_permute(block, axes)  # issued first: overlaps the compute below
+        incoming = _ring_permute(block, axes)  # independent of the compute: may overlap it
         return (_reduce_block(reduction, tiling, rows_p, block, scale, bias, state), incoming), None
 
     if ring_size > 1:

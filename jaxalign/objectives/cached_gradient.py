@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxalign.parallel.mesh import batch_axes, batch_shard_count, describe_mesh
+from jaxalign.objectives import checks
+from jaxalign.parallel.mesh import batch_axes, batch_shard_count, batch_sharding, describe_mesh
 
 PyTree = Any
 
@@ -54,9 +55,7 @@ def _merge(micro: PyTree, mesh: Mesh | None) -> PyTree:
         x = jnp.swapaxes(x, 0, 1)
         x = x.reshape((x.shape[0] * x.shape[1], *x.shape[2:]))
         if mesh is not None:
-            x = jax.lax.with_sharding_constraint(
-                x, NamedSharding(mesh, PartitionSpec(batch_axes(mesh)))
-            )
+            x = jax.lax.with_sharding_constraint(x, batch_sharding(mesh))
         return x
 
     return jax.tree.map(merge, micro)
@@ -88,6 +87,7 @@ def cached_gradient(
     Returns:
       ``(loss, grads)`` with ``grads`` shaped like ``params``.
     """
+    checks.positive_int("cached_gradient", "num_microbatches", num_microbatches)
     leaves = jax.tree.leaves(batch)
     if not leaves:
         raise ValueError("cached_gradient: the batch is empty")
@@ -99,7 +99,7 @@ def cached_gradient(
                 f"cached_gradient: batch leaves differ in batch size: {leaf.shape} vs "
                 f"{global_batch}"
             )
-    if num_microbatches < 1 or per_device % num_microbatches:
+    if per_device % num_microbatches:
         raise ValueError(
             f"cached_gradient: num_microbatches={num_microbatches} must divide the per-device "
             f"batch {per_device} (global {global_batch}, {describe_mesh(mesh)})"

@@ -112,13 +112,14 @@ def _clip_loss_shard(
     positives = scale * jnp.sum(image_emb.astype(jnp.float32) * text_emb.astype(jnp.float32))
     loss = log_norms - 2.0 * (1.0 - label_smoothing) * positives
     if label_smoothing:
-        mean_image, mean_text = axes.sum(
+        sum_image, sum_text = axes.sum(
             (jnp.sum(image_emb, 0, jnp.float32), jnp.sum(text_emb, 0, jnp.float32))
         )
-        mean_logits = _similarity(image_emb, mean_text[None]) + _similarity(
-            text_emb, mean_image[None]
+        # Row i's mean logit is scale * <row_i, column sum> / batch.
+        summed_logits = _similarity(image_emb, sum_text[None]) + _similarity(
+            text_emb, sum_image[None]
         )
-        loss -= label_smoothing * scale * jnp.sum(mean_logits) / batch
+        loss -= label_smoothing * scale * jnp.sum(summed_logits) / batch
     return axes.sum(loss) / (2 * batch)
 
 
@@ -148,6 +149,8 @@ def clip_loss(
         pass) or "ring" (as tiled, but the other side's blocks travel around the devices with
         ``ppermute``: per-device memory ``O(local x dim + tile^2)`` at any device count).
       tile: the tile edge for "tiled" and "ring"; batches it does not divide are padded.
+        "tiled" and "ring" have a hand-written backward pass: reverse-mode (``grad``, ``vjp``)
+        only, no ``jvp`` / ``hessian``.
       label_smoothing: ``eps`` in [0, 1): targets ``(1 - eps) * one_hot + eps / batch``.
     """
     caller = "clip_loss"
@@ -230,7 +233,7 @@ def siglip_loss(
       mesh: the mesh the batch is sharded over, or None for one device.
       impl: "naive", "tiled" or "ring", as for ``clip_loss``; the backward pass of "tiled"
         and "ring" recomputes each block's logits rather than keeping them.
-      tile: the tile edge for "tiled" and "ring".
+      tile: the tile edge for "tiled" and "ring" (reverse-mode differentiation only).
     """
     caller = "siglip_loss"
     checks.features(caller, mesh, same_batch=True, image_emb=image_emb, text_emb=text_emb)

@@ -106,7 +106,7 @@ def _domain_adversarial_shard(
     loss_sum = jnp.sum(jax.nn.softplus(-source_logits)) + jnp.sum(jax.nn.softplus(target_logits))
     correct = jnp.sum(source_logits > 0) + jnp.sum(target_logits <= 0)
     loss_sum, correct = axes.sum((loss_sum, correct.astype(jnp.float32)))
-    count = axes.gather(source_logits).shape[0] + axes.gather(target_logits).shape[0]
+    count = (source_logits.shape[0] + target_logits.shape[0]) * axes.size
     return loss_sum / count, correct / count
 
 
@@ -140,16 +140,24 @@ DEFAULT_KERNEL_MULTS: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0)
 MMD_ESTIMATORS = ("unbiased", "biased", "linear")
 
 
-def _mean_pairwise_sq_distance(axes: BatchAxes, source: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean of ``|x_i - x_j|^2`` over the ordered pairs ``i != j`` of the pooled global batch.
+def _centre_and_bandwidth(
+    axes: BatchAxes, source: jax.Array, target: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Both samples minus the pooled global mean, and the mean of ``|x_i - x_j|^2`` over the
+    ordered pairs ``i != j`` of the pooled global batch (as a constant: no gradient).
 
-    Uses ``sum_{i,j} |x_i - x_j|^2 = 2 n sum_i |x_i - mean|^2``, so it needs two global sums,
-    not the ``[n, n]`` distance matrix, and is as accurate as the centred variance.
+    Distances do not change under a shift, and centred features keep the ``|x|^2 + |y|^2 -
+    2 <x, y>`` expansion accurate. ``sum_{i,j} |x_i - x_j|^2 = 2 n sum_i |x_i - mean|^2``, so
+    the bandwidth needs two global sums, not the ``[n, n]`` distance matrix.
     """
-    count = axes.gather(source).shape[0] + axes.gather(target).shape[0]
-    mean = axes.sum(jnp.sum(source, axis=0) + jnp.sum(target, axis=0)) / count
-    spread = axes.sum(jnp.sum((source - mean) ** 2) + jnp.sum((target - mean) ** 2))
-    return 2.0 * spread / (count - 1)
+    count = (source.shape[0] + target.shape[0]) * axes.size
+    mean = jax.lax.stop_gradient(
+        axes.sum(jnp.sum(source, axis=0) + jnp.sum(target, axis=0)) / count
+    )
+    source, target = source - mean, target - mean
+    spread = axes.sum(jnp.sum(source**2) + jnp.sum(target**2))
+    bandwidth = jax.lax.stop_gradient(jnp.maximum(2.0 * spread / (count - 1), 1e-12))
+    return source, target, bandwidth
 
 
 def _kernel(sq_distance: jax.Array, bandwidth: jax.Array, mults: Sequence[float]) -> jax.Array:
@@ -188,9 +196,7 @@ def _mmd_shard(
     estimator: str,
 ) -> jax.Array:
     source, target = source.astype(jnp.float32), target.astype(jnp.float32)
-    bandwidth = jax.lax.stop_gradient(
-        jnp.maximum(_mean_pairwise_sq_distance(axes, source, target), 1e-12)
-    )
+    source, target, bandwidth = _centre_and_bandwidth(axes, source, target)
     if estimator == "linear":
         # Disjoint consecutive pairs (2i, 2i+1) of each domain; they lie on one device.
         s_even, s_odd, t_even, t_odd = source[0::2], source[1::2], target[0::2], target[1::2]
@@ -200,7 +206,7 @@ def _mmd_shard(
 
         h = paired(s_even, s_odd) + paired(t_even, t_odd) - paired(s_even, t_odd)
         h = h - paired(s_odd, t_even)
-        return axes.sum(jnp.sum(h)) / (axes.gather(source).shape[0] // 2)
+        return axes.sum(jnp.sum(h)) / (source.shape[0] * axes.size // 2)
 
     all_source, all_target = axes.gather(source), axes.gather(target)
     m, n = all_source.shape[0], all_target.shape[0]
@@ -278,7 +284,7 @@ def mmd(
 
 def _covariance(axes: BatchAxes, x: jax.Array) -> jax.Array:
     """``[local, dim] -> [dim, dim]`` covariance of the global batch (``n - 1`` normaliser)."""
-    count = axes.gather(x).shape[0]
+    count = x.shape[0] * axes.size
     mean = axes.sum(jnp.sum(x, axis=0)) / count
     centred = x - mean
     return axes.sum(centred.T @ centred) / (count - 1)

@@ -97,6 +97,11 @@ def map_over_batch(
     Raises:
       ValueError: a batch size the batch axes do not divide, naming the argument and the mesh.
     """
+    if mesh is not None and not batch_axes(mesh):
+        raise ValueError(
+            f"{caller}: {describe_mesh(mesh)} has none of the batch axes ('data', 'fsdp'); "
+            "build the mesh with jaxalign.parallel.make_mesh"
+        )
     shards = batch_shard_count(mesh)
     for name, array in batched:
         if array.shape[0] % shards:

@@ -1,8 +1,8 @@
 """Every objective on a sharded batch equals the same global batch on one device.
 
 Value and gradients with respect to every array input and every scalar (scale, bias,
-temperature), on meshes of 1, 2, 4 and 8 devices, a 2x4 (data x fsdp) mesh and a mesh with a
-tensor axis, in float32 (to 1e-5) and bfloat16.
+temperature), in float32 (to 1e-5) on meshes of 1, 2, 4 and 8 devices, a 2x4 (data x fsdp)
+mesh and a mesh with a tensor axis; in bfloat16 on the 2 and 2x4 meshes.
 """
 
 import functools

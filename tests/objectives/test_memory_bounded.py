@@ -1,8 +1,8 @@
 """Tiled and ring contrastive losses equal the naive loss, and never build large logits.
 
 Values and gradients (embeddings and scale / bias) against the naive loss on one device, on
-meshes of 1, 2, 4 and 8 devices and 2x4, for a tile that divides the per-device batch (4) and
-one that does not (3, padded), float32 to 1e-5.
+meshes of 1, 2, 4 and 8 devices, 2x4 and 2x1x4 (a tensor axis), for a tile that divides the
+per-device batch (4) and one that does not (3, padded), float32 to 1e-5.
 """
 
 import functools
@@ -56,7 +56,7 @@ def _assert_equal(got, want):
         np.testing.assert_allclose(g, w, rtol=TOL, atol=TOL * scale)
 
 
-@pytest.mark.parametrize("mesh_name", [None, "1", "2", "4", "8", "2x4"])
+@pytest.mark.parametrize("mesh_name", [None, "1", "2", "4", "8", "2x4", "2x1x4"])
 @pytest.mark.parametrize("tile", [4, 3])
 @pytest.mark.parametrize("impl", ["tiled", "ring"])
 @pytest.mark.parametrize("loss", ["clip_loss_label_smoothing", "siglip_loss"])

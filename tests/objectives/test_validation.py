@@ -135,6 +135,12 @@ def test_batch_the_mesh_does_not_divide(call):
         call(mesh_named("2x4"))
 
 
+def test_mesh_without_batch_axes_is_refused():
+    mesh = jax.make_mesh((8,), ("batch",), axis_types=(jax.sharding.AxisType.Auto,))
+    with pytest.raises(ValueError, match=r"clip_loss: mesh \{batch: 8\} has none of the batch"):
+        objectives.clip_loss(EMB, EMB, 1.0, mesh=mesh)
+
+
 def test_linear_mmd_needs_even_batch_per_device():
     with pytest.raises(ValueError, match=r"multiple of 2 x 8 shards"):
         objectives.mmd(EMB[:8], EMB[:8], estimator="linear", mesh=mesh_named("8"))
