@@ -8,12 +8,12 @@ mesh and a mesh with a tensor axis; in bfloat16 on the 2 and 2x4 meshes.
 import functools
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxalign.parallel import batch_sharding
+from tests.objectives import traced_program
 from tests.objectives.cases import CASES, MESHES, mesh_named
 
 # float32: 1e-5 relative, and 1e-5 absolute against the scale of the quantity (the losses are
@@ -112,21 +112,6 @@ def test_host_arrays_need_no_placement():
     np.testing.assert_allclose(sharded, single, rtol=1e-5)
 
 
-def _dot_output_shapes(fn, *args):
-    """Shapes of every dot_general result in the traced program, shard_map bodies included."""
-    shapes = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
-                shapes.append(tuple(eqn.outvars[0].aval.shape))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return shapes
-
-
 @pytest.mark.parametrize(
     "name", ["clip_loss", "siglip_loss", "nt_xent", "mmd_unbiased_unequal_sizes"]
 )
@@ -137,7 +122,7 @@ def test_sharded_logits_are_local_by_global(name):
     arrays = case.inputs(seed=0)
     scalars = tuple(jnp.float32(s) for s in case.scalars)
     grad_fn = jax.grad(lambda a, s: case.call(a, s, mesh), argnums=(0, 1))
-    shapes = _dot_output_shapes(grad_fn, arrays, scalars)
+    shapes = traced_program.dot_shapes(grad_fn, arrays, scalars)
     global_sizes = set(case.batch_sizes) | {2 * b for b in case.batch_sizes}
     square = [s for s in shapes if len(s) == 2 and s[0] in global_sizes and s[1] in global_sizes]
     assert shapes and not square, f"global-by-global products: {square} among {shapes}"

@@ -8,7 +8,6 @@ per-device batch (4) and one that does not (3, padded), float32 to 1e-5.
 import functools
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from jaxalign import objectives
 from jaxalign.objectives import blockwise
 from jaxalign.parallel import batch_sharding
+from tests.objectives import traced_program
 from tests.objectives.cases import mesh_named
 
 BATCH, DIM, TOL = 32, 16, 1e-5
@@ -80,20 +80,6 @@ def test_tile_larger_than_the_batch(impl):
     )
 
 
-def _dot_shapes(fn, *args):
-    shapes = []
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
-                shapes.append(tuple(eqn.outvars[0].aval.shape))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jax.make_jaxpr(fn)(*args).jaxpr)
-    return shapes
-
-
 @pytest.mark.parametrize("mesh_name", [None, "8"])
 @pytest.mark.parametrize("impl", ["tiled", "ring"])
 @pytest.mark.parametrize("loss", list(LOSSES))
@@ -109,12 +95,12 @@ def test_no_product_larger_than_a_tile(loss, impl, mesh_name):
     fn = jax.grad(
         lambda a, b, s: LOSSES[loss](a, b, s, mesh=mesh, impl=impl, tile=tile), argnums=(0, 1, 2)
     )
-    shapes = _dot_shapes(fn, *_inputs(), SCALARS)
+    shapes = traced_program.dot_shapes(fn, *_inputs(), SCALARS)
     assert shapes
     assert not _logit_blocks_larger_than(tile, shapes), shapes
     # The naive loss does build [local, global] logits (so the check above can fail).
     naive = jax.grad(lambda a, b, s: LOSSES[loss](a, b, s, mesh=mesh), argnums=(0, 1, 2))
-    assert _logit_blocks_larger_than(tile, _dot_shapes(naive, *_inputs(), SCALARS))
+    assert _logit_blocks_larger_than(tile, traced_program.dot_shapes(naive, *_inputs(), SCALARS))
 
 
 def _logit_blocks_larger_than(tile, shapes):
@@ -124,18 +110,8 @@ def _logit_blocks_larger_than(tile, shapes):
 
 def test_ring_sends_blocks_with_ppermute_not_all_gather():
     mesh = mesh_named("8")
-    jaxpr = jax.make_jaxpr(
-        jax.grad(lambda a, b: objectives.clip_loss(a, b, 2.0, mesh=mesh, impl="ring", tile=4))
-    )(*_inputs())
-    names = set()
-
-    def walk(jaxpr):
-        for eqn in jaxpr.eqns:
-            names.add(eqn.primitive.name)
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                walk(sub)
-
-    walk(jaxpr.jaxpr)
+    fn = jax.grad(lambda a, b: objectives.clip_loss(a, b, 2.0, mesh=mesh, impl="ring", tile=4))
+    names = {eqn.primitive.name for eqn in traced_program.equations(fn, *_inputs())}
     assert "ppermute" in names and "all_gather" not in names
 
 
