@@ -9,9 +9,11 @@ logits from the inputs and the per-row results instead of keeping them.
 The caller always passes its own columns; ``columns`` says how the others are reached:
 
 - "local": no others (one device, or columns that are already global);
-- "gathered" (tiled): all-gathered inside the forward pass and again inside the backward pass
-  (so the ``[global, dim]`` copy is not kept between them), the columns' gradient
-  reduce-scattered back to their owners;
+- "gathered" (tiled): all-gathered one column chunk at a time: chunk ``k`` of every device
+  (``[devices x tile, dim]``) is gathered, reduced over and dropped, in the forward pass and
+  again in the backward pass, where the chunk's gradient is reduce-scattered back to its owners
+  at once. No ``[global, dim]`` copy is ever built: per-device memory is
+  ``O(local x dim + devices x tile x dim + tile x tile)``;
 - "ring": the ``[local, dim]`` blocks travel around the devices with ``lax.ppermute``; the
   next block's transfer does not depend on the current block's compute, so XLA's scheduler
   may overlap the two. In the backward pass each block's gradient accumulator travels with it
@@ -101,15 +103,26 @@ class _Tiling(NamedTuple):
     row_tile: int
     col_tile: int
     rows: int  # unpadded
-    cols: int  # unpadded, per block
+    cols: int  # unpadded, this device's
 
     @classmethod
     def of(cls, rows: int, cols: int, tile: int) -> _Tiling:
         return cls(min(tile, rows), min(tile, cols), rows, cols)
 
+    @property
+    def col_chunks(self) -> int:
+        return -(-self.cols // self.col_tile)
+
     def col_valid(self) -> jax.Array:
-        padded = -(-self.cols // self.col_tile) * self.col_tile
-        return jnp.arange(padded) < self.cols
+        """``[col_chunks * col_tile]``: which of this device's padded columns are real."""
+        return jnp.arange(self.col_chunks * self.col_tile) < self.cols
+
+    def chunk_valid(self, k: jax.Array, devices: int) -> jax.Array:
+        """``[devices * col_tile]``: the real columns of chunk ``k`` gathered from every device
+        (all devices hold the same number of columns)."""
+        return jnp.tile(
+            lax.dynamic_slice_in_dim(self.col_valid(), k * self.col_tile, self.col_tile), devices
+        )
 
 
 def _tile_logits(rows_tile, cols_tile, scale, bias):
@@ -117,10 +130,12 @@ def _tile_logits(rows_tile, cols_tile, scale, bias):
     return similarity, scale * similarity + bias
 
 
-def _reduce_block(reduction, tiling, rows, block, scale, bias, state):
-    """Folds the ``[rows, block]`` logits into the per-row ``state``, tile by tile."""
+def _reduce_block(reduction, tiling, rows, block, valid_cols, scale, bias, state):
+    """Folds the ``[rows, block]`` logits into the per-row ``state``, tile by tile.
+
+    ``valid_cols`` is ``[block]``, false for padding columns.
+    """
     rt, ct = tiling.row_tile, tiling.col_tile
-    valid_cols = tiling.col_valid()
 
     def row_step(a, state):
         row_tile = lax.dynamic_slice_in_dim(rows, a * rt, rt)
@@ -140,13 +155,13 @@ def _reduce_block(reduction, tiling, rows, block, scale, bias, state):
     return lax.fori_loop(0, rows.shape[0] // rt, row_step, state)
 
 
-def _grad_block(reduction, tiling, rows, block, scale, bias, values, g, grads):
+def _grad_block(reduction, tiling, rows, block, valid_cols, scale, bias, values, g, grads):
     """Adds the gradients of ``sum_i g_i value_i`` through the ``[rows, block]`` logits.
 
-    ``grads = (d_rows [rows, dim], d_block [block, dim], d_scale, d_bias)``, float32.
+    ``grads = (d_rows [rows, dim], d_block [block, dim], d_scale, d_bias)``, float32;
+    ``valid_cols`` is ``[block]``, false for padding columns.
     """
     rt, ct = tiling.row_tile, tiling.col_tile
-    valid_cols = tiling.col_valid()
 
     def row_step(a, grads):
         d_rows, d_block, d_scale, d_bias = grads
@@ -195,28 +210,50 @@ def _varying(tree, axes):
     return jax.tree.map(lambda x: lax.pcast(x, axes, to="varying"), tree)
 
 
-def _all_columns(cols, axes, columns):
-    if columns == "gathered" and axes:
-        return lax.all_gather(cols, axes, axis=0, tiled=True)
-    return cols
+def _gathering(axes, columns) -> bool:
+    return columns == "gathered" and bool(axes)
+
+
+def _ring_size(axes, columns) -> int:
+    return lax.axis_size(axes) if columns == "ring" and axes else 1
+
+
+def _gathered_chunk(cols_p, k, tiling, axes):
+    """``[devices x col_tile, dim]``: column chunk ``k`` of every device, in device order."""
+    chunk = lax.dynamic_slice_in_dim(cols_p, k * tiling.col_tile, tiling.col_tile)
+    return lax.all_gather(chunk, axes, axis=0, tiled=True)
 
 
 def _forward(reduction, tile, axes, columns, rows, cols, scale, bias):
-    cols = _all_columns(cols, axes, columns)
     tiling = _Tiling.of(rows.shape[0], cols.shape[0], tile)
     rows_p = _pad_rows(rows, tiling.row_tile)
-    block = _pad_rows(cols, tiling.col_tile)
+    cols_p = _pad_rows(cols, tiling.col_tile)
     state = _varying(reduction.init(rows_p.shape[0]), axes)
-    ring_size = lax.axis_size(axes) if columns == "ring" and axes else 1
+    reduce_block = functools.partial(_reduce_block, reduction, tiling, rows_p)
+
+    if _gathering(axes, columns):
+
+        def chunk_step(state, k):
+            block = _gathered_chunk(cols_p, k, tiling, axes)
+            valid = tiling.chunk_valid(k, lax.axis_size(axes))
+            return reduce_block(block, valid, scale, bias, state), None
+
+        state, _ = lax.scan(chunk_step, state, jnp.arange(tiling.col_chunks))
+        return reduction.finish(state)[: tiling.rows]
+
+    valid = tiling.col_valid()
 
     def hop(carry, _):
         state, block = carry
         incoming = _ring_permute(block, axes)  # independent of the compute: may overlap it
-        return (_reduce_block(reduction, tiling, rows_p, block, scale, bias, state), incoming), None
+        return (reduce_block(block, valid, scale, bias, state), incoming), None
 
-    if ring_size > 1:
-        (state, block), _ = lax.scan(hop, (state, block), None, length=ring_size - 1)
-    state = _reduce_block(reduction, tiling, rows_p, block, scale, bias, state)
+    block = cols_p
+    if _ring_size(axes, columns) > 1:
+        (state, block), _ = lax.scan(
+            hop, (state, block), None, length=_ring_size(axes, columns) - 1
+        )
+    state = reduce_block(block, valid, scale, bias, state)
     return reduction.finish(state)[: tiling.rows]
 
 
@@ -231,51 +268,65 @@ def _row_reduce_fwd(reduction, tile, axes, columns, rows, cols, scale, bias):
 
 
 def _row_reduce_bwd(reduction, tile, axes, columns, residuals, g):
-    rows, local_cols, scale, bias, values = residuals
-    cols = _all_columns(local_cols, axes, columns)
+    rows, cols, scale, bias, values = residuals
     tiling = _Tiling.of(rows.shape[0], cols.shape[0], tile)
     rows_p = _pad_rows(rows, tiling.row_tile)
-    block = _pad_rows(cols, tiling.col_tile)
+    cols_p = _pad_rows(cols, tiling.col_tile)
     values_p = _pad_rows(values, tiling.row_tile)
     g_p = _pad_rows(g.astype(jnp.float32), tiling.row_tile)  # padded rows get no gradient
-    d_rows, d_block, d_scale, d_bias = _varying(
-        (
-            jnp.zeros(rows_p.shape, jnp.float32),
-            jnp.zeros(block.shape, jnp.float32),
-            jnp.zeros((), jnp.float32),
-            jnp.zeros((), jnp.float32),
-        ),
-        axes,
-    )
 
-    def grads_of(block, d_rows, d_block, d_scale, d_bias):
+    def grads_of(block, valid, grads):
         return _grad_block(
-            reduction, tiling, rows_p, block, scale, bias, values_p, g_p,
-            (d_rows, d_block, d_scale, d_bias),
-        )  # fmt: skip
+            reduction, tiling, rows_p, block, valid, scale, bias, values_p, g_p, grads
+        )
 
-    if columns == "ring" and axes and lax.axis_size(axes) > 1:
+    def zeros(shape):
+        return _varying(jnp.zeros(shape, jnp.float32), axes)
+
+    d_rows, d_cols, d_scale, d_bias = zeros(rows_p.shape), zeros(cols_p.shape), zeros(()), zeros(())
+    if _gathering(axes, columns):
+        devices = lax.axis_size(axes)
+
+        def chunk_step(carry, k):
+            d_rows, d_cols, d_scale, d_bias = carry
+            block = _gathered_chunk(cols_p, k, tiling, axes)
+            valid = tiling.chunk_valid(k, devices)
+            d_rows, d_block, d_scale, d_bias = grads_of(
+                block, valid, (d_rows, zeros(block.shape), d_scale, d_bias)
+            )
+            # Every device's share of chunk k's gradient, summed on its owner.
+            d_chunk = lax.psum_scatter(d_block, axes, scatter_dimension=0, tiled=True)
+            d_cols = lax.dynamic_update_slice_in_dim(d_cols, d_chunk, k * tiling.col_tile, 0)
+            return (d_rows, d_cols, d_scale, d_bias), None
+
+        (d_rows, d_cols, d_scale, d_bias), _ = lax.scan(
+            chunk_step, (d_rows, d_cols, d_scale, d_bias), jnp.arange(tiling.col_chunks)
+        )
+    elif _ring_size(axes, columns) > 1:
         # Each block travels with its own gradient accumulator; after ring_size hops both are
         # back on the device that owns them.
+        valid = tiling.col_valid()
+
         def hop(carry, _):
             block, d_rows, d_block, d_scale, d_bias = carry
             incoming = _ring_permute(block, axes)
-            d_rows, d_block, d_scale, d_bias = grads_of(block, d_rows, d_block, d_scale, d_bias)
+            d_rows, d_block, d_scale, d_bias = grads_of(
+                block, valid, (d_rows, d_block, d_scale, d_bias)
+            )
             d_block = _ring_permute(d_block, axes)
             return (incoming, d_rows, d_block, d_scale, d_bias), None
 
-        carry = (block, d_rows, d_block, d_scale, d_bias)
-        (_, d_rows, d_block, d_scale, d_bias), _ = lax.scan(
-            hop, carry, None, length=lax.axis_size(axes)
+        carry = (cols_p, d_rows, d_cols, d_scale, d_bias)
+        (_, d_rows, d_cols, d_scale, d_bias), _ = lax.scan(
+            hop, carry, None, length=_ring_size(axes, columns)
         )
     else:
-        d_rows, d_block, d_scale, d_bias = grads_of(block, d_rows, d_block, d_scale, d_bias)
-    d_cols = d_block[: tiling.cols]
-    if columns == "gathered" and axes:
-        d_cols = lax.psum_scatter(d_cols, axes, scatter_dimension=0, tiled=True)
+        d_rows, d_cols, d_scale, d_bias = grads_of(
+            cols_p, tiling.col_valid(), (d_rows, d_cols, d_scale, d_bias)
+        )
     return (
         d_rows[: tiling.rows].astype(rows.dtype),
-        d_cols.astype(cols.dtype),
+        d_cols[: tiling.cols].astype(cols.dtype),
         d_scale.astype(scale.dtype),
         d_bias.astype(bias.dtype),
     )
