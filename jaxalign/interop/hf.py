@@ -1,0 +1,458 @@
+"""Hugging Face checkpoints and tokenizers from local disk, into (and out of) our Flax modules.
+
+transformers 5 has no Flax models: it gives the configs, the tokenizers and the PyTorch
+reference; the Flax side is ``jaxalign.models``. Weights are read and written with
+``safetensors`` only, never with pickle (``pytorch_model.bin``, ``*.pt``, ``*.ckpt`` are refused:
+convert them to safetensors first). Nothing here touches the network.
+
+- ``load_clip(dir)`` -> ``(DualEncoder, variables)`` from a ``CLIPModel.save_pretrained``
+  directory; ``save_clip(model, variables, dir)`` writes one back that
+  ``transformers.CLIPModel.from_pretrained`` loads with the same features.
+- ``load_bert(dir)`` -> ``(TextTransformer, variables)`` from a ``BertModel`` (or
+  ``BertFor*``, keys prefixed ``bert.``) directory.
+- ``load_tokenizer(dir)``: ``transformers.AutoTokenizer`` with ``local_files_only=True``.
+
+Layout mapping (PyTorch -> ours): ``nn.Linear`` weights ``[out, in]`` are transposed to
+``[in, out]``; q / k / v projections become ``[width, heads, head_dim]`` (biases
+``[heads, head_dim]``), the attention output ``[heads, head_dim, width]``; the patch conv
+``[out, in, kh, kw]`` becomes ``[kh, kw, in, out]``. Every tensor's shape is checked against
+the config before anything is built; a mismatch names the key, the file and both shapes.
+The variables returned are ``{"params": ...}`` of host float32 numpy arrays (the modules'
+parameter dtype; ``dtype`` is the compute dtype); place them with ``jax.device_put`` and the
+shardings of ``nn.get_partition_spec(jax.eval_shape(model.init, ...))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from typing import TYPE_CHECKING, Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+import safetensors
+import safetensors.numpy
+
+from jaxalign.interop.tensor_map import (
+    SAFETENSORS,
+    Tensor,
+    Variables,
+    assemble,
+    check_tree,
+    read_config,
+    read_tensors,
+    to_hf,
+    weight_files,
+)
+from jaxalign.models.dual_encoder import DualEncoder
+from jaxalign.models.layers import Dtype
+from jaxalign.models.text import TextTransformer
+from jaxalign.models.vit import ViT
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+PathLike = str | pathlib.Path
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+# Non-persistent buffers older transformers releases wrote into checkpoints: not parameters.
+CLIP_BUFFERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
+BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+BERT_HEADS = ("pooler.", "cls.")  # BERT's pooler and pretraining heads: not loaded
+# Hugging Face ``hidden_act`` -> our activation name (the tanh GELUs are one function).
+HF_ACTS = {
+    "gelu": "gelu",
+    "quick_gelu": "quick_gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "relu": "relu",
+}
+OUR_ACTS = {
+    "gelu": "gelu",
+    "quick_gelu": "quick_gelu",
+    "gelu_tanh": "gelu_pytorch_tanh",
+    "relu": "relu",
+}
+CLIP_LEGACY_EOS = 2  # transformers pools CLIP text at argmax(ids) when eos_token_id == 2
+
+
+def block_tensors(
+    prefix: str, i: int, width: int, mlp: int, heads: int, names: dict[str, str]
+) -> list[Tensor]:
+    """One encoder layer's tensors; ``names`` maps our sub-module ("q", "k", "v", "out",
+    "ln1", "ln2", "fc1", "fc2") to the checkpoint's (without ".weight" / ".bias")."""
+    base = ("encoder", f"block_{i}")
+    attn, mlp_path = (*base, "attn"), (*base, "mlp")
+    out = []
+    for ours in ("q", "k", "v", "out"):
+        key = f"{prefix}{i}.{names[ours]}"
+        kind = "out" if ours == "out" else "qkv"
+        bias = "copy" if ours == "out" else "qkv_bias"
+        out.append(Tensor(f"{key}.weight", (*attn, ours, "kernel"), (width, width), kind, heads))
+        out.append(Tensor(f"{key}.bias", (*attn, ours, "bias"), (width,), bias, heads))
+    for ours, fan_in, fan_out in (("fc1", width, mlp), ("fc2", mlp, width)):
+        key = f"{prefix}{i}.{names[ours]}"
+        kernel = (*mlp_path, ours, "kernel")
+        out.append(Tensor(f"{key}.weight", kernel, (fan_out, fan_in), "linear"))
+        out.append(Tensor(f"{key}.bias", (*mlp_path, ours, "bias"), (fan_out,)))
+    for ours in ("ln1", "ln2"):
+        out += layer_norm_tensors(f"{prefix}{i}.{names[ours]}", (*base, ours), width)
+    return out
+
+
+def layer_norm_tensors(key: str, path: tuple[str, ...], width: int) -> list[Tensor]:
+    return [
+        Tensor(f"{key}.weight", (*path, "scale"), (width,)),
+        Tensor(f"{key}.bias", (*path, "bias"), (width,)),
+    ]
+
+
+CLIP_BLOCK = dict(
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    out="self_attn.out_proj",
+    ln1="layer_norm1",
+    ln2="layer_norm2",
+    fc1="mlp.fc1",
+    fc2="mlp.fc2",
+)
+BERT_BLOCK = dict(
+    q="attention.self.query",
+    k="attention.self.key",
+    v="attention.self.value",
+    out="attention.output.dense",
+    ln1="attention.output.LayerNorm",
+    ln2="output.LayerNorm",
+    fc1="intermediate.dense",
+    fc2="output.dense",
+)
+
+
+def clip_tensors(vision: Any, text: Any, projection_dim: int) -> list[Tensor]:
+    """Every tensor of a ``CLIPModel`` with these (transformers) sub-configs."""
+    w, p, c = vision.hidden_size, vision.patch_size, vision.num_channels
+    tokens = (vision.image_size // p) ** 2 + 1
+    v, img = "vision_model.", ("image_tower",)
+    out = [
+        Tensor(f"{v}embeddings.class_embedding", (*img, "cls"), (w,)),
+        Tensor(f"{v}embeddings.patch_embedding.weight", (*img, "embedding", "kernel"),
+               (w, c, p, p), "conv"),
+        Tensor(f"{v}embeddings.position_embedding.weight", (*img, "pos_embedding"), (tokens, w)),
+        *layer_norm_tensors(f"{v}pre_layrnorm", (*img, "ln_pre"), w),
+        *layer_norm_tensors(f"{v}post_layernorm", (*img, "ln_post"), w),
+        Tensor("visual_projection.weight", ("image_projection", "kernel"),
+               (projection_dim, w), "linear"),
+    ]  # fmt: skip
+    for i in range(vision.num_hidden_layers):
+        blocks = block_tensors(
+            f"{v}encoder.layers.", i, w, vision.intermediate_size,
+            vision.num_attention_heads, CLIP_BLOCK,
+        )  # fmt: skip
+        out += [dataclasses.replace(t, path=img + t.path) for t in blocks]
+    w, t, txt = text.hidden_size, "text_model.", ("text_tower",)
+    out += [
+        Tensor(f"{t}embeddings.token_embedding.weight", (*txt, "token_embedding", "embedding"),
+               (text.vocab_size, w)),
+        Tensor(f"{t}embeddings.position_embedding.weight", (*txt, "pos_embedding"),
+               (text.max_position_embeddings, w)),
+        *layer_norm_tensors(f"{t}final_layer_norm", (*txt, "ln_final"), w),
+        Tensor("text_projection.weight", ("text_projection", "kernel"),
+               (projection_dim, w), "linear"),
+        Tensor("logit_scale", ("logit_scale",), ()),
+    ]  # fmt: skip
+    for i in range(text.num_hidden_layers):
+        blocks = block_tensors(
+            f"{t}encoder.layers.", i, w, text.intermediate_size,
+            text.num_attention_heads, CLIP_BLOCK,
+        )  # fmt: skip
+        out += [dataclasses.replace(b, path=txt + b.path) for b in blocks]
+    return out
+
+
+def bert_tensors(config: Any, prefix: str) -> list[Tensor]:
+    """Every tensor of a ``BertModel`` encoder (no pooler), keys starting with ``prefix``."""
+    w, e = config.hidden_size, f"{prefix}embeddings."
+    out = [
+        Tensor(f"{e}word_embeddings.weight", ("token_embedding", "embedding"),
+               (config.vocab_size, w)),
+        Tensor(f"{e}position_embeddings.weight", ("pos_embedding",),
+               (config.max_position_embeddings, w)),
+        *layer_norm_tensors(f"{e}LayerNorm", ("ln_embed",), w),
+    ]  # fmt: skip
+    if config.type_vocab_size:
+        out.append(
+            Tensor(f"{e}token_type_embeddings.weight", ("type_embedding", "embedding"),
+                   (config.type_vocab_size, w))
+        )  # fmt: skip
+    for i in range(config.num_hidden_layers):
+        out += block_tensors(
+            f"{prefix}encoder.layer.", i, w, config.intermediate_size,
+            config.num_attention_heads, BERT_BLOCK,
+        )  # fmt: skip
+    return out
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def our_act(hidden_act: Any, where: str) -> str:
+    if hidden_act not in HF_ACTS:
+        raise ValueError(
+            f"{where}.hidden_act {hidden_act!r} is not supported; choose from {sorted(HF_ACTS)}"
+        )
+    return HF_ACTS[hidden_act]
+
+
+# --- CLIP --------------------------------------------------------------------------------------
+
+
+def clip_text_pool(eos_token_id: Any) -> dict[str, Any]:
+    """TextTransformer pooling fields matching transformers 5's ``CLIPTextTransformer``."""
+    if eos_token_id == CLIP_LEGACY_EOS:  # the pre-#24773 configs: pool at the highest id
+        return dict(pool="argmax", eot_token_id=None)
+    if not isinstance(eos_token_id, int):
+        raise ValueError(f"text_config.eos_token_id must be one int, got {eos_token_id!r}")
+    return dict(pool="eot", eot_token_id=eos_token_id)
+
+
+def load_clip(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[DualEncoder, Variables]:
+    """A ``CLIPModel.save_pretrained`` directory -> ``(DualEncoder, {"params": ...})``.
+
+    ``model.encode_image(images)`` takes ``[batch, H, W, C]`` images (the NCHW pixel values
+    transposed) and its ``"img/projected"`` intermediate is ``get_image_features``;
+    ``model.encode_text(ids, mask)`` (``[batch, length]``, mask 1 for real tokens) gives
+    ``"txt/projected"`` = ``get_text_features``. Text pooling follows transformers 5: the first
+    ``eos_token_id`` (our ``pool="eot"``), or the highest id when ``eos_token_id == 2``
+    (``pool="argmax"``). Like transformers, this assumes every sequence holds an EOS: for one
+    without, transformers pools position 0 and we pool the last real token.
+    Position-id buffers are ignored; any other unknown tensor is an error. ``dtype`` is the
+    compute dtype; the parameters are float32 host arrays whatever the checkpoint's dtype
+    (float32, float16 or bfloat16).
+    """
+    from transformers import CLIPConfig
+
+    path = pathlib.Path(path)
+    files = weight_files(path)
+    read_config(path, ("clip",))
+    config = CLIPConfig.from_json_file(str(path / "config.json"))
+    vision, text = config.vision_config, config.text_config
+    for name in ("image_size", "patch_size"):
+        if not isinstance(getattr(vision, name), int):
+            raise ValueError(f"vision_config.{name} must be an int, got {getattr(vision, name)!r}")
+    tensors = clip_tensors(vision, text, config.projection_dim)
+    arrays = read_tensors(path, files, tensors, ignore=lambda k: k in CLIP_BUFFERS)
+    image_tower = ViT(
+        patch_size=vision.patch_size,
+        width=vision.hidden_size,
+        depth=vision.num_hidden_layers,
+        mlp_dim=vision.intermediate_size,
+        num_heads=vision.num_attention_heads,
+        pool="cls",
+        posemb="learn",
+        ln_pre=True,
+        patch_bias=False,
+        act=our_act(vision.hidden_act, "vision_config"),
+        ln_eps=vision.layer_norm_eps,
+        dtype=dtype,
+    )
+    text_tower = TextTransformer(
+        vocab_size=text.vocab_size,
+        width=text.hidden_size,
+        depth=text.num_hidden_layers,
+        mlp_dim=text.intermediate_size,
+        num_heads=text.num_attention_heads,
+        max_len=text.max_position_embeddings,
+        causal=True,
+        pre_norm=True,
+        act=our_act(text.hidden_act, "text_config"),
+        ln_eps=text.layer_norm_eps,
+        dtype=dtype,
+        **clip_text_pool(text.eos_token_id),
+    )
+    model = DualEncoder(
+        image_tower,
+        text_tower,
+        embed_dim=config.projection_dim,
+        logit_scale_init=float(arrays["logit_scale"]),
+    )
+    variables = assemble(tensors, arrays)
+    side = vision.image_size
+    images = jnp.zeros((1, side, side, vision.num_channels), jnp.float32)
+    check_tree(model, variables, images, jnp.zeros((1, text.max_position_embeddings), jnp.int32))
+    return model, variables
+
+
+def save_clip(model: DualEncoder, variables: Variables, path: PathLike) -> None:
+    """Writes ``config.json`` + ``model.safetensors`` (float32) that
+    ``transformers.CLIPModel.from_pretrained(path)`` loads with the same features.
+
+    ``model`` must have CLIP's layout: a ``ViT`` with ``pool="cls"``, ``posemb="learn"``,
+    ``ln_pre=True``, ``patch_bias=False``; a causal pre-norm ``TextTransformer`` without token
+    types, pooling "eot" (with an ``eot_token_id`` other than 2) or "argmax" (saved as
+    ``eos_token_id=2``); no logit bias. The image size is read from the position table.
+    ``variables``: ``{"params": ...}``, boxed or not, fully addressable (gather a multi-host
+    sharded tree first). Dropout rates are not saved (transformers' CLIP has attention dropout
+    only); ``bos_token_id`` / ``pad_token_id`` are left unset (the tokenizer owns them).
+    """
+    from transformers import CLIPConfig
+
+    image, text = model.image_tower, model.text_tower
+    if not isinstance(image, ViT) or not isinstance(text, TextTransformer):
+        raise ValueError("save_clip needs a DualEncoder of a ViT and a TextTransformer")
+    need = {
+        "image_tower.pool": (image.pool, "cls"),
+        "image_tower.posemb": (image.posemb, "learn"),
+        "image_tower.ln_pre": (image.ln_pre, True),
+        "image_tower.patch_bias": (image.patch_bias, False),
+        "text_tower.causal": (text.causal, True),
+        "text_tower.pre_norm": (text.pre_norm, True),
+        "text_tower.type_vocab_size": (text.type_vocab_size, 0),
+        "logit_bias_init": (model.logit_bias_init, None),
+    }
+    for field, (value, want) in need.items():
+        if value != want:
+            raise ValueError(f"save_clip: {field} is {value!r}; a CLIPModel needs {want!r}")
+    if text.pool == "argmax":
+        eos = CLIP_LEGACY_EOS
+    elif text.pool == "eot" and text.eot_token_id not in (None, CLIP_LEGACY_EOS):
+        eos = text.eot_token_id
+    else:
+        raise ValueError(
+            f"save_clip: text_tower pool={text.pool!r}, eot_token_id={text.eot_token_id!r} has "
+            f"no CLIPModel equivalent; use pool='argmax', or 'eot' with an id other than 2"
+        )
+    for tower in ("image_tower", "text_tower"):
+        act = getattr(model, tower).act
+        if act not in OUR_ACTS:
+            raise ValueError(f"save_clip: {tower}.act {act!r} has no Hugging Face name")
+    params = nn.unbox(variables)["params"]
+    tokens = params["image_tower"]["pos_embedding"].shape[0]
+    grid = math.isqrt(tokens - 1)
+    if grid * grid != tokens - 1:
+        raise ValueError(f"save_clip: {tokens - 1} patches do not form a square grid")
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=text.vocab_size,
+            hidden_size=text.width,
+            intermediate_size=text.mlp_dim,
+            num_hidden_layers=text.depth,
+            num_attention_heads=text.num_heads,
+            max_position_embeddings=text.max_len,
+            hidden_act=OUR_ACTS[text.act],
+            layer_norm_eps=text.ln_eps,
+            eos_token_id=eos,
+            bos_token_id=None,
+            pad_token_id=None,
+        ),
+        vision_config=dict(
+            hidden_size=image.width,
+            intermediate_size=image.mlp_dim,
+            num_hidden_layers=image.depth,
+            num_attention_heads=image.num_heads,
+            num_channels=params["image_tower"]["embedding"]["kernel"].shape[2],
+            image_size=grid * image.patch_size,
+            patch_size=image.patch_size,
+            hidden_act=OUR_ACTS[image.act],
+            layer_norm_eps=image.ln_eps,
+        ),
+        projection_dim=model.embed_dim,
+        logit_scale_init_value=float(params["logit_scale"]),
+    )
+    config.architectures = ["CLIPModel"]
+    tensors = clip_tensors(config.vision_config, config.text_config, config.projection_dim)
+    out = {}
+    for t in tensors:
+        node = params
+        for name in t.path:
+            node = node[name]
+        out[t.key] = to_hf(t, node)
+        if out[t.key].shape != t.shape:
+            raise ValueError(f"save_clip: {t.key} has shape {out[t.key].shape}, expected {t.shape}")
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(path))
+    safetensors.numpy.save_file(out, str(path / SAFETENSORS), metadata={"format": "pt"})
+
+
+# --- BERT --------------------------------------------------------------------------------------
+
+
+def load_bert(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[TextTransformer, Variables]:
+    """A ``BertModel`` / ``BertFor*`` directory -> ``(TextTransformer, {"params": ...})``.
+
+    ``model.apply(variables, ids, mask, token_types)``: ``[batch, length]`` ids, mask 1 for
+    real tokens, optional token types; ``out["encoded"]`` ``[batch, length, hidden]`` is
+    ``last_hidden_state`` at the real positions, ``pooled`` the [CLS] token (``pool="first"``,
+    without BERT's pooler). Keys may carry the ``bert.`` prefix; the pooler (``pooler.*``) and
+    the pretraining heads (``cls.*``) are ignored, as are the position / token-type buffers;
+    any other unknown tensor is an error.
+    """
+    from transformers import BertConfig
+
+    path = pathlib.Path(path)
+    files = weight_files(path)
+    read_config(path, ("bert",))
+    config = BertConfig.from_json_file(str(path / "config.json"))
+    if config.is_decoder or config.add_cross_attention:
+        raise ValueError(f"{path}: a decoder BERT (is_decoder, add_cross_attention) is not loaded")
+    posemb = getattr(config, "position_embedding_type", "absolute")
+    if posemb != "absolute":
+        raise ValueError(f"{path}: position_embedding_type {posemb!r} is not supported")
+    keys: set[str] = set()
+    for file in files:
+        with safetensors.safe_open(file, framework="np") as f:
+            keys.update(f.keys())
+    prefix = "bert." if any(k.startswith("bert.") for k in keys) else ""
+
+    def ignore(key: str) -> bool:
+        if prefix and not key.startswith(prefix):
+            return key.startswith(BERT_HEADS)
+        key = key[len(prefix) :]
+        return key in BERT_BUFFERS or key.startswith(BERT_HEADS)
+
+    tensors = bert_tensors(config, prefix)
+    arrays = read_tensors(path, files, tensors, ignore=ignore)
+    model = TextTransformer(
+        vocab_size=config.vocab_size,
+        width=config.hidden_size,
+        depth=config.num_hidden_layers,
+        mlp_dim=config.intermediate_size,
+        num_heads=config.num_attention_heads,
+        max_len=config.max_position_embeddings,
+        causal=False,
+        pre_norm=False,
+        pool="first",
+        type_vocab_size=config.type_vocab_size,
+        act=our_act(config.hidden_act, "config"),
+        ln_eps=config.layer_norm_eps,
+        dtype=dtype,
+    )
+    variables = assemble(tensors, arrays)
+    check_tree(model, variables, jnp.zeros((1, config.max_position_embeddings), jnp.int32))
+    return model, variables
+
+
+# --- tokenizers --------------------------------------------------------------------------------
+
+
+def load_tokenizer(path: PathLike) -> PreTrainedTokenizerBase:
+    """A local Hugging Face tokenizer directory -> ``transformers`` tokenizer (never the hub)."""
+    from transformers import AutoTokenizer
+
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"no tokenizer files in {path}; expected one of {TOKENIZER_FILES}")
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
