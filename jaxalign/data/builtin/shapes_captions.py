@@ -1,0 +1,338 @@
+"""``shapes_captions``: procedurally drawn coloured shapes with captions from a small grammar.
+
+Every example is a square RGB image (``image_size`` x ``image_size``, 64 by default) showing
+``count`` copies of one shape in one colour and one size, grouped in one region of the image, and a
+caption that says so, e.g. ``"two small red circles at the top left"``. The grammar is closed
+(``VOCABULARY`` lists every word it can produce), so a word-level tokenizer covers it exactly.
+
+Zero-shot classification: ``label`` is the (colour, shape) class, ``label = colour * len(SHAPES) +
+shape``, and the ClassLabel's names (``CLASS_NAMES``, e.g. ``"red circle"``) build the prompts.
+
+Compositional generalisation: the (colour, shape) pairs in ``HELD_OUT_COMBOS`` never appear in the
+``train`` or ``validation`` splits; the ``test`` split holds only those pairs. Every colour and
+every shape on its own still appears in training.
+
+Determinism: example ``i`` of split ``s`` is drawn from ``np.random.default_rng([seed,
+SPLIT_IDS[s], i])`` alone, and records are written in index order with a deterministic proto
+serialisation (``DeterministicExampleWriter``), so two builds give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import tensorflow_datasets as tfds
+from etils import epath
+from tensorflow_datasets.core import utils as tfds_utils
+from tensorflow_datasets.core import writer as writer_lib
+
+from jaxalign.data.builtin.records import DeterministicExampleWriter, encode_png
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 90, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+    "orange": (245, 140, 30),
+}
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star")
+SIZES: tuple[str, ...] = ("small", "large")
+POSITIONS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right", "center")
+COUNTS: tuple[int, ...] = (1, 2, 3)
+COUNT_WORDS: dict[int, tuple[str, ...]] = {1: ("a", "one"), 2: ("two",), 3: ("three",)}
+PREPOSITIONS: tuple[str, ...] = ("at", "in")
+
+# (colour, shape) pairs that only the test split shows: one per colour, no shape more than twice.
+HELD_OUT_COMBOS: tuple[tuple[str, str], ...] = (
+    ("red", "triangle"),
+    ("green", "star"),
+    ("blue", "circle"),
+    ("yellow", "square"),
+    ("purple", "diamond"),
+    ("orange", "triangle"),
+)
+TRAIN_COMBOS: tuple[tuple[str, str], ...] = tuple(
+    (c, s) for c in COLOUR_NAMES for s in SHAPES if (c, s) not in HELD_OUT_COMBOS
+)
+CLASS_NAMES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOUR_NAMES for s in SHAPES)
+
+# Caption templates; {n} count word, {size} {colour} {shapes} (plural when count > 1),
+# {prep} "at"/"in", {position}; {be} "is"/"are".
+TEMPLATES: tuple[str, ...] = (
+    "{n} {size} {colour} {shapes} {prep} the {position}",
+    "there {be} {n} {size} {colour} {shapes} {prep} the {position}",
+    "a picture of {n} {size} {colour} {shapes} {prep} the {position}",
+)
+SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
+
+# Radii as fractions of the image side; shapes of one example share the size (+-8% jitter).
+_RADIUS = {"small": 0.06, "large": 0.105}
+_SUPERSAMPLE = 4
+
+
+def vocabulary() -> list[str]:
+    """Every word the caption grammar can produce, sorted (deterministic)."""
+    words: set[str] = set()
+    for template in TEMPLATES:
+        words.update(w for w in template.split() if not w.startswith("{"))
+    words.update({"is", "are", *PREPOSITIONS})
+    words.update(w for ws in COUNT_WORDS.values() for w in ws)
+    words.update(SIZES)
+    words.update(COLOUR_NAMES)
+    words.update(SHAPES)
+    words.update(f"{s}s" for s in SHAPES)
+    words.update(w for p in POSITIONS for w in p.split())
+    return sorted(words)
+
+
+VOCABULARY: tuple[str, ...] = tuple(vocabulary())
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """Attributes of one example; indices into the module's attribute tuples."""
+
+    colour: int
+    shape: int
+    size: int
+    count: int  # number of shapes, 1..3
+    position: int
+    template: int
+    count_word: int  # index into COUNT_WORDS[count]
+    preposition: int  # index into PREPOSITIONS (the center always takes "in")
+
+    @property
+    def label(self) -> int:
+        """(colour, shape) class index into ``CLASS_NAMES``."""
+        return self.colour * len(SHAPES) + self.shape
+
+
+def sample_scene(rng: np.random.Generator, combos: tuple[tuple[str, str], ...]) -> Scene:
+    """Draws the attributes of one example; (colour, shape) uniformly from ``combos``."""
+    colour, shape = combos[int(rng.integers(len(combos)))]
+    count = COUNTS[int(rng.integers(len(COUNTS)))]
+    return Scene(
+        colour=COLOUR_NAMES.index(colour),
+        shape=SHAPES.index(shape),
+        size=int(rng.integers(len(SIZES))),
+        count=count,
+        position=int(rng.integers(len(POSITIONS))),
+        template=int(rng.integers(len(TEMPLATES))),
+        count_word=int(rng.integers(len(COUNT_WORDS[count]))),
+        preposition=int(rng.integers(len(PREPOSITIONS))),
+    )
+
+
+def caption(scene: Scene) -> str:
+    """The grammar's sentence for ``scene``, e.g. ``"two small red circles at the top left"``."""
+    shape = SHAPES[scene.shape]
+    position = POSITIONS[scene.position]
+    return TEMPLATES[scene.template].format(
+        n=COUNT_WORDS[scene.count][scene.count_word],
+        size=SIZES[scene.size],
+        colour=COLOUR_NAMES[scene.colour],
+        shapes=shape if scene.count == 1 else f"{shape}s",
+        prep="in" if position == "center" else PREPOSITIONS[scene.preposition],
+        position=position,
+        be="is" if scene.count == 1 else "are",
+    )
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """Vertices of ``shape`` centred at (cx, cy) with circumradius ~``r`` (pixels)."""
+    if shape == "square":
+        h = r * 0.85
+        return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
+    if shape == "diamond":
+        return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
+    if shape == "triangle":
+        angles = -np.pi / 2 + np.arange(3) * 2 * np.pi / 3
+        radii = np.full(3, r)
+    elif shape == "star":
+        angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
+    else:
+        raise ValueError(f"not a polygon: {shape!r}")
+    return [(cx + a * np.cos(t), cy + a * np.sin(t)) for a, t in zip(radii, angles, strict=True)]
+
+
+def _centres(
+    rng: np.random.Generator, scene: Scene, radius: float, size: int
+) -> list[tuple[float, float]]:
+    """Centres (pixels) of the scene's shapes inside its region, without overlaps.
+
+    The region is a quadrant (or the central half-size square). One shape goes anywhere in it;
+    several take distinct cells of the region's 2x2 grid, jittered inside their cell.
+    """
+    half = size / 2
+    x0, y0 = {
+        "top left": (0.0, 0.0),
+        "top right": (half, 0.0),
+        "bottom left": (0.0, half),
+        "bottom right": (half, half),
+        "center": (size / 4, size / 4),
+    }[POSITIONS[scene.position]]
+    if scene.count == 1:
+        lo, hi = radius + 1, half - radius - 1
+        return [(x0 + rng.uniform(lo, hi), y0 + rng.uniform(lo, hi))]
+    cell = half / 2
+    cells = rng.permutation(4)[: scene.count]
+    slack = max(cell / 2 - radius - 0.5, 0.0)
+    return [
+        (
+            x0 + (c % 2 + 0.5) * cell + rng.uniform(-slack, slack),
+            y0 + (c // 2 + 0.5) * cell + rng.uniform(-slack, slack),
+        )
+        for c in cells
+    ]
+
+
+def render(rng: np.random.Generator, scene: Scene, image_size: int) -> np.ndarray:
+    """Draws ``scene`` -> [image_size, image_size, 3] uint8 (anti-aliased by supersampling)."""
+    background = tuple(int(v) for v in rng.integers(15, 95) + rng.integers(-10, 11, size=3))
+    jitter = rng.integers(-15, 16, size=3)
+    fill = tuple(
+        int(np.clip(v + j, 0, 255))
+        for v, j in zip(COLOURS[COLOUR_NAMES[scene.colour]], jitter, strict=True)
+    )
+    radius = _RADIUS[SIZES[scene.size]] * image_size * rng.uniform(0.92, 1.08)
+    centres = _centres(rng, scene, radius, image_size)
+
+    k = _SUPERSAMPLE
+    canvas = PIL.Image.new("RGB", (image_size * k, image_size * k), background)
+    draw = PIL.ImageDraw.Draw(canvas)
+    shape = SHAPES[scene.shape]
+    for cx, cy in centres:
+        cx, cy, r = cx * k, cy * k, radius * k
+        if shape == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        else:
+            draw.polygon(_polygon(shape, cx, cy, r), fill=fill)
+    canvas = canvas.resize((image_size, image_size), PIL.Image.Resampling.BOX)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def make_example(seed: int, split: str, index: int, image_size: int) -> dict[str, Any]:
+    """Example ``index`` of ``split``: a dict of the builder's features (image as PNG bytes)."""
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    combos = HELD_OUT_COMBOS if split == "test" else TRAIN_COMBOS
+    scene = sample_scene(rng, combos)
+    image = render(rng, scene, image_size)
+    return {
+        "image": encode_png(image),
+        "caption": caption(scene),
+        "label": scene.label,
+        "colour": scene.colour,
+        "shape": scene.shape,
+        "size": scene.size,
+        "count": scene.count,
+        "position": scene.position,
+        "index": index,
+    }
+
+
+@dataclasses.dataclass(eq=False)
+class ShapesCaptionsConfig(tfds.core.BuilderConfig):
+    """Build options. The config's name encodes them, so each variant has its own directory."""
+
+    image_size: int = 64
+    num_train: int = 4096
+    num_validation: int = 512
+    num_test: int = 512
+    seed: int = 0
+
+
+_OPTIONS = ("image_size", "num_train", "num_validation", "num_test", "seed")
+DEFAULT_CONFIG = ShapesCaptionsConfig(name="default", description="64x64 images, 4096/512/512")
+
+
+def make_config(**options: int) -> ShapesCaptionsConfig:
+    """A config from keyword options (``_OPTIONS``); ``DEFAULT_CONFIG`` when all are defaults.
+
+    Other configs are named after all their values (``image_size32_num_train256_...``), so each
+    variant is built in its own directory ``shapes_captions/<name>/<version>``.
+
+    Raises:
+      ValueError: an unknown option, or a value that is not a positive int (seed: >= 0).
+    """
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown shapes_captions option(s) {unknown}; choices: {list(_OPTIONS)}")
+    defaults = DEFAULT_CONFIG
+    values = {k: options.get(k, getattr(defaults, k)) for k in _OPTIONS}
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < (key != "seed"):
+            raise ValueError(f"shapes_captions option {key}={value!r} must be a positive int")
+    if values["image_size"] < 16:
+        raise ValueError(f"shapes_captions option image_size={values['image_size']} is below 16")
+    if all(values[k] == getattr(defaults, k) for k in _OPTIONS):
+        return DEFAULT_CONFIG  # tfds wants the registered instance itself, not an equal copy
+    name = "_".join(f"{k}{values[k]}" for k in _OPTIONS)
+    return ShapesCaptionsConfig(name=name, description=f"{values}", **values)
+
+
+class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
+    """Coloured shapes with compositional captions; test split = held-out (colour, shape) pairs."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}  # noqa: RUF012 (tfds class attribute)
+    BUILDER_CONFIGS = [DEFAULT_CONFIG]  # noqa: RUF012 (tfds class attribute)
+
+    @classmethod
+    def make_config(cls, **options: int) -> ShapesCaptionsConfig:
+        """See the module-level ``make_config``."""
+        return make_config(**options)
+
+    @tfds_utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        """This file. tfds's own lookup needs ``importlib_resources``, absent on Python >= 3.9."""
+        return epath.Path(__file__)
+
+    def _example_writer(self) -> writer_lib.ExampleWriter:
+        return DeterministicExampleWriter(file_format=self.info.file_format)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        size = self.builder_config.image_size
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
+                    "caption": tfds.features.Text(),
+                    "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+                    "colour": tfds.features.ClassLabel(names=list(COLOUR_NAMES)),
+                    "shape": tfds.features.ClassLabel(names=list(SHAPES)),
+                    "size": tfds.features.ClassLabel(names=list(SIZES)),
+                    "count": tfds.features.Scalar(dtype=np.int32),
+                    "position": tfds.features.ClassLabel(names=list(POSITIONS)),
+                    "index": tfds.features.Scalar(dtype=np.int32),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            disable_shuffling=True,  # records stay in index order
+        )
+
+    def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict]]]:
+        del dl_manager  # nothing to download
+        config = self.builder_config
+        sizes = {
+            "train": config.num_train,
+            "validation": config.num_validation,
+            "test": config.num_test,
+        }
+        return {split: self._generate_examples(split, n) for split, n in sizes.items()}
+
+    def _generate_examples(self, split: str, num: int) -> Iterator[tuple[int, dict]]:
+        """Yields ``(index, example)`` for ``index`` in ``range(num)``; keys are the indices."""
+        config = self.builder_config
+        for index in range(num):
+            yield index, make_example(config.seed, split, index, config.image_size)
