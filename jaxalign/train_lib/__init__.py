@@ -1,0 +1,7 @@
+"""Training machinery shared by every task: optimizer, train state, the sharded train step."""
+
+from jaxalign.train_lib.optim import decay_mask, make_optimizer
+from jaxalign.train_lib.state import TrainState
+from jaxalign.train_lib.step import make_train_step
+
+__all__ = ["TrainState", "decay_mask", "make_optimizer", "make_train_step"]
