@@ -7,7 +7,9 @@ Prints three markdown tables:
    ``--time-max-log2``, the measured wall time of one loss + gradient (median of repeats);
 2. the largest global batch (a power of two) whose loss + gradient fits a per-device budget
    (temp + arguments + outputs, by memory analysis; nothing is allocated);
-3. at a fixed local batch, the per-device temporary memory as the device count goes 1, 2, 4, 8.
+3. at a fixed local batch, the per-device temporary memory as the device count goes 1, 2, 4, 8,
+   for each tile of ``--local-tiles`` (the ring's step from 1 to 2 devices is its double-buffered
+   hop, ``2 x tile x dim``, so the tile sets it).
 
 Memory comes from compiling against abstract inputs (``jax.ShapeDtypeStruct``), so any size can
 be measured on a small machine; the compiled program is the per-device SPMD program.
@@ -37,6 +39,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--budget-gib", type=float, default=16.0)
     parser.add_argument("--search-max-log2", type=int, default=26)
     parser.add_argument("--local-log2", type=int, default=11, help="fixed local batch (table 3)")
+    parser.add_argument("--local-tiles", default="1024,256,64", help="tiles for table 3")
     parser.add_argument(
         "--devices",
         type=int,
@@ -67,24 +70,22 @@ from jaxalign.parallel import batch_sharding, make_mesh  # noqa: E402
 GIB = 2**30
 
 
-def _loss_and_grad(impl: str, mesh):
+def _loss_and_grad(impl: str, mesh, tile: int):
     def loss(image, text, scale, bias):
         if ARGS.loss == "clip":
-            return objectives.clip_loss(image, text, scale, mesh=mesh, impl=impl, tile=ARGS.tile)
-        return objectives.siglip_loss(
-            image, text, scale, bias, mesh=mesh, impl=impl, tile=ARGS.tile
-        )
+            return objectives.clip_loss(image, text, scale, mesh=mesh, impl=impl, tile=tile)
+        return objectives.siglip_loss(image, text, scale, bias, mesh=mesh, impl=impl, tile=tile)
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
 
 
-def _compile(impl: str, batch: int, devices: int):
+def _compile(impl: str, batch: int, devices: int, tile: int = ARGS.tile):
     mesh = make_mesh({"data": devices}, devices=jax.devices()[:devices])
     emb = jax.ShapeDtypeStruct(
         (batch, ARGS.dim), jnp.dtype(ARGS.dtype), sharding=batch_sharding(mesh)
     )
     scalar = jax.ShapeDtypeStruct((), jnp.float32)
-    fn = _loss_and_grad(impl, mesh)
+    fn = _loss_and_grad(impl, mesh, tile)
     return fn, mesh, fn.lower(emb, emb, scalar, scalar).compile()
 
 
@@ -176,18 +177,17 @@ def main() -> None:
     local = 2**ARGS.local_log2
     counts = [n for n in (1, 2, 4, 8) if n <= count]
     print(f"\n## Per-device temporary memory at a fixed local batch of 2^{ARGS.local_log2}\n")
-    print("| impl | " + " | ".join(f"{n} devices" for n in counts) + " | max / min |")
-    print("|---|" + "---|" * (len(counts) + 1))
-    for impl in impls:
-        temps = []
-        for n in counts:
-            _log(f"compiling {impl} at local 2^{ARGS.local_log2} on {n} devices")
-            temps.append(_memory(_compile(impl, local * n, n)[2])[0])
-        spread = max(temps) / min(temps)
-        print(
-            f"| {impl} | " + " | ".join(_fmt_bytes(t) for t in temps) + f" | {spread:.3f} |",
-            flush=True,
-        )
+    print("| impl | tile | " + " | ".join(f"{n} devices" for n in counts) + " | max / min |")
+    print("|---|---|" + "---|" * (len(counts) + 1))
+    for tile in (int(t) for t in ARGS.local_tiles.split(",")):
+        for impl in impls:
+            temps = []
+            for n in counts:
+                _log(f"compiling {impl} tile {tile} at local 2^{ARGS.local_log2} on {n} devices")
+                temps.append(_memory(_compile(impl, local * n, n, tile)[2])[0])
+            spread = max(temps) / min(temps)
+            cells = " | ".join(_fmt_bytes(t) for t in temps)
+            print(f"| {impl} | {tile} | {cells} | {spread:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ The caller always passes its own columns; ``columns`` says how the others are re
   again in the backward pass, where the chunk's gradient is reduce-scattered back to its owners
   at once. No ``[global, dim]`` copy is ever built: per-device memory is
   ``O(local x dim + devices x tile x dim + tile x tile)``;
-- "ring": the ``[local, dim]`` blocks travel around the devices with ``lax.ppermute``; the
-  next block's transfer does not depend on the current block's compute, so XLA's scheduler
-  may overlap the two. In the backward pass each block's gradient accumulator travels with it
-  and arrives home after a full circle. Per-device memory is ``O(local x dim + tile x tile)``
-  whatever the device count.
+- "ring": column chunk ``k`` of every device (``[tile, dim]``) travels around the devices with
+  ``lax.ppermute``, one chunk index after another; the next hop's transfer does not depend on
+  the current chunk's compute, so XLA's scheduler may overlap the two. In the backward pass
+  each chunk's gradient accumulator travels with it and arrives home after a full circle.
+  Per-device memory is ``O(local x dim + tile x tile + tile x dim)`` whatever the device
+  count: beyond one device, only the double-buffered hop (``2 x tile x dim``) is added.
 
 References: the online log-sum-exp of Milakov & Gimelshein 2018 and FlashAttention (Dao et al.
 2022); the ring / tiled contrastive loss of Cheng et al. 2024 ("Breaking the Memory Barrier",
@@ -220,8 +221,12 @@ def _ring_size(axes, columns) -> int:
 
 def _gathered_chunk(cols_p, k, tiling, axes):
     """``[devices x col_tile, dim]``: column chunk ``k`` of every device, in device order."""
-    chunk = lax.dynamic_slice_in_dim(cols_p, k * tiling.col_tile, tiling.col_tile)
-    return lax.all_gather(chunk, axes, axis=0, tiled=True)
+    return lax.all_gather(_chunk(cols_p, k, tiling), axes, axis=0, tiled=True)
+
+
+def _chunk(x, k, tiling):
+    """``[col_tile, ...]``: this device's column chunk ``k``."""
+    return lax.dynamic_slice_in_dim(x, k * tiling.col_tile, tiling.col_tile)
 
 
 def _forward(reduction, tile, axes, columns, rows, cols, scale, bias):
@@ -230,6 +235,7 @@ def _forward(reduction, tile, axes, columns, rows, cols, scale, bias):
     cols_p = _pad_rows(cols, tiling.col_tile)
     state = _varying(reduction.init(rows_p.shape[0]), axes)
     reduce_block = functools.partial(_reduce_block, reduction, tiling, rows_p)
+    ring_size = _ring_size(axes, columns)
 
     if _gathering(axes, columns):
 
@@ -238,22 +244,28 @@ def _forward(reduction, tile, axes, columns, rows, cols, scale, bias):
             valid = tiling.chunk_valid(k, lax.axis_size(axes))
             return reduce_block(block, valid, scale, bias, state), None
 
-        state, _ = lax.scan(chunk_step, state, jnp.arange(tiling.col_chunks))
+    elif ring_size > 1:
+
+        def chunk_step(state, k):
+            # Chunk k of every device visits this one, a hop at a time; every device's chunk k
+            # has the same padding, so one mask serves all of them.
+            valid = _chunk(tiling.col_valid(), k, tiling)
+
+            def hop(carry, _):
+                state, block = carry
+                incoming = _ring_permute(block, axes)  # independent of the compute: may overlap
+                return (reduce_block(block, valid, scale, bias, state), incoming), None
+
+            (state, block), _ = lax.scan(
+                hop, (state, _chunk(cols_p, k, tiling)), None, length=ring_size - 1
+            )
+            return reduce_block(block, valid, scale, bias, state), None
+
+    else:
+        state = reduce_block(cols_p, tiling.col_valid(), scale, bias, state)
         return reduction.finish(state)[: tiling.rows]
 
-    valid = tiling.col_valid()
-
-    def hop(carry, _):
-        state, block = carry
-        incoming = _ring_permute(block, axes)  # independent of the compute: may overlap it
-        return (reduce_block(block, valid, scale, bias, state), incoming), None
-
-    block = cols_p
-    if _ring_size(axes, columns) > 1:
-        (state, block), _ = lax.scan(
-            hop, (state, block), None, length=_ring_size(axes, columns) - 1
-        )
-    state = reduce_block(block, valid, scale, bias, state)
+    state, _ = lax.scan(chunk_step, state, jnp.arange(tiling.col_chunks))
     return reduction.finish(state)[: tiling.rows]
 
 
@@ -274,6 +286,7 @@ def _row_reduce_bwd(reduction, tile, axes, columns, residuals, g):
     cols_p = _pad_rows(cols, tiling.col_tile)
     values_p = _pad_rows(values, tiling.row_tile)
     g_p = _pad_rows(g.astype(jnp.float32), tiling.row_tile)  # padded rows get no gradient
+    ring_size = _ring_size(axes, columns)
 
     def grads_of(block, valid, grads):
         return _grad_block(
@@ -283,46 +296,56 @@ def _row_reduce_bwd(reduction, tile, axes, columns, residuals, g):
     def zeros(shape):
         return _varying(jnp.zeros(shape, jnp.float32), axes)
 
-    d_rows, d_cols, d_scale, d_bias = zeros(rows_p.shape), zeros(cols_p.shape), zeros(()), zeros(())
+    grads = (zeros(rows_p.shape), zeros(cols_p.shape), zeros(()), zeros(()))
     if _gathering(axes, columns):
-        devices = lax.axis_size(axes)
 
-        def chunk_step(carry, k):
-            d_rows, d_cols, d_scale, d_bias = carry
+        def chunk_grad(d_rows, d_scale, d_bias, k):
+            """The running gradients, and chunk ``k``'s ``[col_tile, dim]`` gradient, summed."""
             block = _gathered_chunk(cols_p, k, tiling, axes)
-            valid = tiling.chunk_valid(k, devices)
+            valid = tiling.chunk_valid(k, lax.axis_size(axes))
             d_rows, d_block, d_scale, d_bias = grads_of(
                 block, valid, (d_rows, zeros(block.shape), d_scale, d_bias)
             )
             # Every device's share of chunk k's gradient, summed on its owner.
             d_chunk = lax.psum_scatter(d_block, axes, scatter_dimension=0, tiled=True)
+            return d_rows, d_chunk, d_scale, d_bias
+
+    elif ring_size > 1:
+
+        def chunk_grad(d_rows, d_scale, d_bias, k):
+            # Each visiting chunk travels with its own gradient accumulator; after ring_size
+            # hops both are back on the device that owns them.
+            valid = _chunk(tiling.col_valid(), k, tiling)
+
+            def hop(carry, _):
+                block, d_rows, d_block, d_scale, d_bias = carry
+                incoming = _ring_permute(block, axes)
+                d_rows, d_block, d_scale, d_bias = grads_of(
+                    block, valid, (d_rows, d_block, d_scale, d_bias)
+                )
+                d_block = _ring_permute(d_block, axes)
+                return (incoming, d_rows, d_block, d_scale, d_bias), None
+
+            block = _chunk(cols_p, k, tiling)
+            carry = (block, d_rows, zeros(block.shape), d_scale, d_bias)
+            (_, d_rows, d_chunk, d_scale, d_bias), _ = lax.scan(hop, carry, None, length=ring_size)
+            return d_rows, d_chunk, d_scale, d_bias
+
+    else:
+        chunk_grad = None
+
+    if chunk_grad is None:  # every column is local
+        d_rows, d_cols, d_scale, d_bias = grads_of(cols_p, tiling.col_valid(), grads)
+    else:
+
+        def chunk_step(carry, k):
+            d_rows, d_cols, d_scale, d_bias = carry
+            d_rows, d_chunk, d_scale, d_bias = chunk_grad(d_rows, d_scale, d_bias, k)
             d_cols = lax.dynamic_update_slice_in_dim(d_cols, d_chunk, k * tiling.col_tile, 0)
             return (d_rows, d_cols, d_scale, d_bias), None
 
         (d_rows, d_cols, d_scale, d_bias), _ = lax.scan(
-            chunk_step, (d_rows, d_cols, d_scale, d_bias), jnp.arange(tiling.col_chunks)
-        )
-    elif _ring_size(axes, columns) > 1:
-        # Each block travels with its own gradient accumulator; after ring_size hops both are
-        # back on the device that owns them.
-        valid = tiling.col_valid()
-
-        def hop(carry, _):
-            block, d_rows, d_block, d_scale, d_bias = carry
-            incoming = _ring_permute(block, axes)
-            d_rows, d_block, d_scale, d_bias = grads_of(
-                block, valid, (d_rows, d_block, d_scale, d_bias)
-            )
-            d_block = _ring_permute(d_block, axes)
-            return (incoming, d_rows, d_block, d_scale, d_bias), None
-
-        carry = (cols_p, d_rows, d_cols, d_scale, d_bias)
-        (_, d_rows, d_cols, d_scale, d_bias), _ = lax.scan(
-            hop, carry, None, length=_ring_size(axes, columns)
-        )
-    else:
-        d_rows, d_cols, d_scale, d_bias = grads_of(
-            cols_p, tiling.col_valid(), (d_rows, d_cols, d_scale, d_bias)
+            chunk_step, grads, jnp.arange(tiling.col_chunks)
         )
     return (
         d_rows[: tiling.rows].astype(rows.dtype),

@@ -138,8 +138,9 @@ def clip_loss(
       mesh: the mesh the batch is sharded over, or None for one device.
       impl: "naive" (each device holds ``[local, global]`` logits), "tiled" (the other side is
         all-gathered, logits are built ``tile x tile`` at a time and recomputed in the backward
-        pass) or "ring" (as tiled, but the other side's blocks travel around the devices with
-        ``ppermute``: per-device memory ``O(local x dim + tile^2)`` at any device count).
+        pass) or "ring" (as tiled, but the other side's ``[tile, dim]`` chunks travel around the
+        devices with ``ppermute``: per-device memory ``O(local x dim + tile^2)`` at any device
+        count).
       tile: the tile edge for "tiled" and "ring"; batches it does not divide are padded.
         "tiled" and "ring" have a hand-written backward pass: reverse-mode (``grad``, ``vjp``)
         only, no ``jvp`` / ``hessian``.
