@@ -2,11 +2,12 @@
 
 Presets (``--config=configs/clip.py:<preset>``; no preset = ``demo``):
 
-- ``demo``: the tiny dual encoder (``model.preset="tiny"`` with 16x16 patches on 64x64 images)
-  on the built-in ``shapes_captions`` dataset, InfoNCE, batch 128, 350 steps, on CPU. Measured
-  with the library's pipeline and train step on 2 cores: ~0.6 s/step (about 4 minutes with
-  compilation and evals); zero-shot top-1 on the validation split about 0.3 (chance 1/30; the
-  colour is right ~95% of the time, the shape is learnt last)::
+- ``demo``: the tiny dual encoder with a small CNN image tower (``model.preset="tiny-cnn"``,
+  1.65M parameters) on the built-in ``shapes_captions`` (64x64), InfoNCE, batch 128, 500 steps,
+  on CPU. On 2 cores: about 0.3 s/step, 2 min 50 s for the whole run with the dataset build,
+  compilation and evals. Zero-shot top-1 on the test split, whose (colour, shape) pairs never
+  appear in training, 0.86 / 0.91 / 0.82 for seeds 0 / 1 / 2 (chance 1/30); image -> text
+  R@1 on the validation split 0.69 / 0.68 / 0.68 (256 examples each)::
 
     python -m jaxalign.train --config=configs/clip.py:demo --workdir=runs/demo
 
@@ -30,7 +31,7 @@ Presets (``--config=configs/clip.py:<preset>``; no preset = ``demo``):
   or a TFDS dataset prepared on disk, which also gives an eval split for retrieval::
 
       --config.data.source=tfds --config.data.name=my_pairs --config.data.data_dir=/data/tfds \\
-      --config.data.eval_split=validation --config.evals.retrieval=true
+      --config.evals.retrieval_split=validation
 
 Any key can be overridden with ``--config.KEY=VALUE`` (``jaxalign.config.load``); the config is
 checked by ``jaxalign.config.validate`` before anything compiles.
@@ -46,7 +47,7 @@ Keys (every preset has all of them; ``jaxalign.config.SCHEMAS["clip"]`` gives ty
   the preset's, e.g. ``image.pool="map"``; may be empty).
 - ``data``: ``source`` (``builtin`` | ``tfds`` | ``webdataset``), ``name`` (the built-in or TFDS
   dataset), ``data_dir`` (TFDS data directory; built-in datasets are built there on first use),
-  ``train_split`` / ``eval_split`` (TFDS split strings; ``""`` for none), ``image_size``,
+  ``train_split`` (a TFDS split string), ``image_size``,
   ``max_len`` (tokens per caption), ``shards`` (webdataset shard pattern with ``{a..b}`` ranges
   and / or globs; ``""`` otherwise), ``tokenizer`` (a local Hugging Face tokenizer directory;
   ``""``: the built-in caption tokenizer), ``worker_count`` (data worker processes per host),
@@ -60,9 +61,10 @@ Keys (every preset has all of them; ``jaxalign.config.SCHEMAS["clip"]`` gives ty
 - ``train``: ``global_batch_size`` (over all devices and hosts), ``steps``, ``log_every``,
   ``checkpoint_every``, ``keep_checkpoints``, ``eval_every`` (the last step also checkpoints and
   evaluates).
-- ``evals``: ``zeroshot`` (classify the eval split's images by their class names in
-  ``templates``, each with one ``{}``), ``retrieval`` (image <-> caption recall@k on the eval
-  split), ``batch_size``, ``max_examples`` (0: the whole split).
+- ``evals``: ``zeroshot_split`` (classify this split's images by the names of its ``label``
+  classes put into ``templates``, each with one ``{}``; ``""``: off), ``retrieval_split``
+  (image <-> caption recall@k on this split; ``""``: off), ``batch_size``, ``max_examples``
+  (per split; 0: the whole split).
 - ``mesh``: ``data``, ``fsdp``, ``tensor`` axis sizes; ``-1`` (at most one axis) takes the devices
   the others leave.
 """
@@ -74,48 +76,43 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
+from jaxalign.data.builtin import shapes_captions
+
 PRESETS: tuple[str, ...] = ("demo", "tiny", "siglip_demo", "vit_b32", "vit_b16", "vit_l14")
 
 CLIP_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 SIGLIP_LOGIT_SCALE, SIGLIP_LOGIT_BIAS = math.log(10.0), -10.0  # the SigLIP paper's init
 
-# Zero-shot prompts in the words of shapes_captions' caption grammar (class names: "red circle").
-SHAPES_TEMPLATES: tuple[str, ...] = (
-    "a {}",
-    "a small {}",
-    "a large {}",
-    "a picture of a {}",
-    "there is a {}",
-)
+# Zero-shot prompts: shapes_captions' own sentences with "{}" for the class ("red circle"),
+# every count, size and position, averaged (prompt ensembling).
+SHAPES_TEMPLATES: tuple[str, ...] = shapes_captions.PROMPT_TEMPLATES
 # The prompt CLIP uses most, for real presets (each needs a classification eval set).
 PHOTO_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 
 def base() -> ml_collections.ConfigDict:
-    """The demo: every key of the schema, with the CPU demo's values.
-
-    The tiny preset's 8x8 patches (64 tokens) cost ~2.5 s/step at batch 256 on 2 cores; 16x16
-    patches (16 tokens) and batch 128 bring that to ~0.45 s (+ the input pipeline).
-    """
+    """The demo: every key of the schema, with the CPU demo's values (see the module
+    docstring for what it reaches and how fast)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.task = "clip"
 
     config.model = ml_collections.ConfigDict()
-    config.model.preset = "tiny"
+    config.model.preset = "tiny-cnn"
     config.model.dtype = "float32"
     config.model.remat = "none"
     config.model.logit_scale_init = CLIP_LOGIT_SCALE
     config.model.logit_bias_init = config_dict.placeholder(float)  # None: no bias (CLIP)
-    config.model.image = ml_collections.ConfigDict(dict(patch_size=16))
-    config.model.text = ml_collections.ConfigDict()
+    config.model.image = ml_collections.ConfigDict()
+    # Bidirectional with mean pooling: composes unseen (colour, shape) pairs better than the
+    # causal end-of-text pooling (0.86 against 0.70 zero-shot top-1 on the held-out pairs).
+    config.model.text = ml_collections.ConfigDict(dict(causal=False, pool="mean"))
 
     config.data = ml_collections.ConfigDict()
     config.data.source = "builtin"
     config.data.name = "shapes_captions"
     config.data.data_dir = "~/.cache/jaxalign/datasets"
     config.data.train_split = "train"
-    config.data.eval_split = "validation"
     config.data.image_size = 64
     config.data.max_len = 16
     config.data.shards = ""
@@ -130,7 +127,7 @@ def base() -> ml_collections.ConfigDict:
     config.objective.label_smoothing = 0.0
 
     config.optim = ml_collections.ConfigDict()
-    config.optim.lr = 1e-3
+    config.optim.lr = 2e-3
     config.optim.warmup_steps = 30
     config.optim.min_lr_ratio = 0.1
     config.optim.weight_decay = 0.1
@@ -143,18 +140,19 @@ def base() -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.global_batch_size = 128
-    config.train.steps = 350
-    config.train.log_every = 25
-    config.train.checkpoint_every = 175
+    config.train.steps = 500
+    config.train.log_every = 50
+    config.train.checkpoint_every = 250
     config.train.keep_checkpoints = 2
-    config.train.eval_every = 175
+    config.train.eval_every = 250
 
     config.evals = ml_collections.ConfigDict()
-    config.evals.zeroshot = True
-    config.evals.retrieval = True
+    # Zero-shot on the held-out (colour, shape) pairs; retrieval where captions rarely repeat.
+    config.evals.zeroshot_split = "test"
+    config.evals.retrieval_split = "validation"
     config.evals.templates = SHAPES_TEMPLATES
     config.evals.batch_size = 128
-    config.evals.max_examples = 0
+    config.evals.max_examples = 256
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
@@ -166,6 +164,7 @@ def base() -> ml_collections.ConfigDict:
 def tiny(config: ml_collections.ConfigDict) -> None:
     """A few steps of a very small model on small images: seconds, for tests."""
     small = dict(width=32, depth=1, mlp_dim=64, num_heads=2)
+    config.model.preset = "tiny"  # the ViT tower, so tests run it end to end
     config.model.image = ml_collections.ConfigDict(dict(patch_size=8, **small))
     config.model.text = ml_collections.ConfigDict(small)
     config.data.image_size = 32
@@ -205,8 +204,7 @@ def real(config: ml_collections.ConfigDict, preset: str) -> None:
     config.data.source = "webdataset"
     config.data.name = "laion400m"
     config.data.data_dir = "~/tensorflow_datasets"  # used when switching to source="tfds"
-    config.data.train_split = ""
-    config.data.eval_split = ""  # webdataset shards have no splits
+    config.data.train_split = ""  # webdataset shards have no splits
     config.data.image_size = 224
     config.data.max_len = 77
     config.data.shards = "/data/laion400m/{00000..41455}.tar"  # placeholder: override
@@ -229,8 +227,8 @@ def real(config: ml_collections.ConfigDict, preset: str) -> None:
     config.train.keep_checkpoints = 3
     config.train.eval_every = 5000
 
-    config.evals.zeroshot = False  # needs an eval split with class names (tfds / builtin)
-    config.evals.retrieval = False  # needs an eval split of image-caption pairs
+    config.evals.zeroshot_split = ""  # needs a split with class names (tfds / builtin)
+    config.evals.retrieval_split = ""  # needs a split of image-caption pairs
     config.evals.templates = PHOTO_TEMPLATES
     config.evals.batch_size = 1024
     config.evals.max_examples = 0

@@ -127,6 +127,15 @@ def _module_fields(path: str, name: str) -> Callable[[], dict[str, Any]]:
     return fields
 
 
+def _image_tower_fields() -> dict[str, Any]:
+    """Fields of either image tower (``ViT`` or ``ConvNet``); ``_clip_rules`` checks that the
+    ones set belong to the preset's tower."""
+    return {
+        **_module_fields("jaxalign.models.cnn", "ConvNet")(),
+        **_module_fields("jaxalign.models.vit", "ViT")(),
+    }
+
+
 def _registry(path: str, name: str) -> Callable[[], Collection[str]]:
     return lambda: tuple(getattr(importlib.import_module(path), name))
 
@@ -146,10 +155,7 @@ CLIP_SCHEMA: dict[str, Any] = {
         "remat": Field(str, choices=_registry("jaxalign.models.layers", "REMAT_POLICIES")),
         "logit_scale_init": Field(float),
         "logit_bias_init": Field(float, nullable=True),
-        "image": Overrides(
-            _module_fields("jaxalign.models.vit", "ViT"),
-            {"dtype": "model.dtype", "remat": "model.remat"},
-        ),
+        "image": Overrides(_image_tower_fields, {"dtype": "model.dtype", "remat": "model.remat"}),
         "text": Overrides(
             _module_fields("jaxalign.models.text", "TextTransformer"),
             {"dtype": "model.dtype", "remat": "model.remat", "max_len": "data.max_len"},
@@ -160,7 +166,6 @@ CLIP_SCHEMA: dict[str, Any] = {
         "name": Field(str),
         "data_dir": Field(str),
         "train_split": Field(str),
-        "eval_split": Field(str),
         "image_size": _POSITIVE,
         "max_len": _POSITIVE,
         "shards": Field(str),
@@ -195,8 +200,8 @@ CLIP_SCHEMA: dict[str, Any] = {
         "eval_every": _POSITIVE,
     },
     "evals": {
-        "zeroshot": Field(bool),
-        "retrieval": Field(bool),
+        "zeroshot_split": Field(str),
+        "retrieval_split": Field(str),
         "templates": Field(tuple, item=str),
         "batch_size": _POSITIVE,
         "max_examples": _COUNT,
@@ -415,8 +420,6 @@ def _check_tree(node: Any, schema: Mapping[str, Any], where: str) -> list[str]:
 
 
 def _clip_rules(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
-    from jaxalign.models.dual_encoder import PRESETS
-    from jaxalign.models.vit import decode_variant
     from jaxalign.parallel.mesh import BATCH_AXES, resolve_mesh_shape
 
     problems = []
@@ -442,7 +445,7 @@ def _clip_rules(config: ml_collections.ConfigDict, num_devices: int) -> list[str
         for t in config.evals.templates
         if t.count("{}") != 1
     ]
-    if config.evals.zeroshot and not config.evals.templates:
+    if config.evals.zeroshot_split and not config.evals.templates:
         problems.append("config.evals.templates=(): zero-shot evaluation needs a template")
     model, objective = config.model, config.objective
     if objective.loss == "siglip" and model.logit_bias_init is None:
@@ -459,16 +462,41 @@ def _clip_rules(config: ml_collections.ConfigDict, num_devices: int) -> list[str
             f"config.objective.label_smoothing={objective.label_smoothing!r}: only "
             "objective.loss='clip' smooths labels"
         )
-    patch = (
-        model.image.get("patch_size")
-        or decode_variant(PRESETS[model.preset].image_variant)["patch_size"]
-    )
-    if config.data.image_size % patch:
-        problems.append(
-            f"config.data.image_size={config.data.image_size}: must be a multiple of the patch "
-            f"size {patch} (model.preset={model.preset!r})"
-        )
+    problems += _image_tower_rules(model, config.data.image_size)
     return problems + _data_rules(config.data, config.evals)
+
+
+def _image_tower_rules(model: ml_collections.ConfigDict, image_size: int) -> list[str]:
+    """``model.image`` fields must belong to the preset's tower; the image size must fit it."""
+    from jaxalign.models.dual_encoder import CNN_FIELDS, PRESETS
+    from jaxalign.models.vit import decode_variant
+
+    cnn = PRESETS[model.preset].image_variant == "cnn"
+    tower = "ConvNet" if cnn else "ViT"
+    fields = _module_fields("jaxalign.models." + ("cnn" if cnn else "vit"), tower)()
+    problems = [
+        f"config.model.image.{key}={model.image[key]!r}: not a field of the {tower} image tower "
+        f"of model.preset={model.preset!r}; choose from {sorted(set(fields) - {'dtype', 'remat'})}"
+        for key in model.image
+        if key not in fields
+    ]
+    if problems:
+        return problems
+    if cnn:
+        stride = 2 ** len(model.image.get("channels", CNN_FIELDS["channels"]))
+        what = f"the ConvNet's total stride {stride}"
+    else:
+        stride = (
+            model.image.get("patch_size")
+            or decode_variant(PRESETS[model.preset].image_variant)["patch_size"]
+        )
+        what = f"the patch size {stride}"
+    if image_size % stride:
+        problems.append(
+            f"config.data.image_size={image_size}: must be a multiple of {what} "
+            f"(model.preset={model.preset!r})"
+        )
+    return problems
 
 
 def _data_rules(data: ml_collections.ConfigDict, evals: ml_collections.ConfigDict) -> list[str]:
@@ -491,17 +519,12 @@ def _data_rules(data: ml_collections.ConfigDict, evals: ml_collections.ConfigDic
     if data.source == "webdataset":
         if not data.shards:
             problems.append("config.data.shards='': data.source='webdataset' needs shards")
-        for flag in ("zeroshot", "retrieval"):
-            if evals[flag]:
+        for key in ("zeroshot_split", "retrieval_split"):
+            if evals[key]:
                 problems.append(
-                    f"config.evals.{flag}=True: webdataset shards have no eval split; use "
-                    "data.source='tfds' or 'builtin' with data.eval_split, or set it to false"
+                    f"config.evals.{key}={evals[key]!r}: webdataset shards have no splits; use "
+                    "data.source='tfds' or 'builtin' for evals, or set it to ''"
                 )
-    elif (evals.zeroshot or evals.retrieval) and not data.eval_split:
-        problems.append(
-            f"config.data.eval_split='': evals.zeroshot={evals.zeroshot} / "
-            f"evals.retrieval={evals.retrieval} need an eval split"
-        )
     return problems
 
 

@@ -60,7 +60,7 @@ def test_every_preset_has_exactly_the_schema_keys(preset: str):
     groups = ("model.image", "model.text")
     schema = _leaves(config_lib.SCHEMAS["clip"], groups)
     assert _leaves(config_lib.to_dict(_load(preset)), groups) == schema
-    assert len(schema) == 48
+    assert len(schema) == 47
 
 
 def test_real_presets_with_their_data_present(tmp_path: pathlib.Path):
@@ -113,10 +113,9 @@ def test_overrides_of_each_type():
         [
             "optim.lr=3e-4",  # float
             "--config.train.steps=7",  # int, absl-style
-            "config.evals.zeroshot=false",  # bool
-            "evals.retrieval=1",
+            "config.model.image.ln_pre=1",  # bool (a free field, typed by its default)
             "data.name=digits_domains",  # str
-            "data.eval_split='test'",  # quoted str
+            "evals.zeroshot_split='test'",  # quoted str
             "evals.templates=('a {}', 'the {}')",  # tuple
             "model.logit_bias_init=none",  # None-able placeholder
             "model.image.pool=map",  # new free field, typed by the ViT default
@@ -127,8 +126,8 @@ def test_overrides_of_each_type():
     )
     assert config.optim.lr == 3e-4 and isinstance(config.optim.lr, float)
     assert config.train.steps == 7 and isinstance(config.train.steps, int)
-    assert config.evals.zeroshot is False and config.evals.retrieval is True
-    assert config.data.name == "digits_domains" and config.data.eval_split == "test"
+    assert config.model.image.ln_pre is True
+    assert config.data.name == "digits_domains" and config.evals.zeroshot_split == "test"
     assert config.evals.templates == ("a {}", "the {}")
     assert config.model.logit_bias_init is None
     assert config.model.image.pool == "map" and config.model.image.depth == 2
@@ -146,7 +145,7 @@ def test_overrides_of_each_type():
         ("model.text.max_len=8", ["config.model.text.max_len", "config.data.max_len"]),
         ("optim.lr=fast", ["config.optim.lr", "'fast'", "float"]),
         ("train.steps=2.5", ["config.train.steps", "'2.5'", "int"]),
-        ("evals.zeroshot=maybe", ["config.evals.zeroshot", "'maybe'", "bool"]),
+        ("model.text.causal=maybe", ["config.model.text.causal", "'maybe'", "bool"]),
         ("evals.templates=a {}", ["config.evals.templates", "'a {}'", "tuple"]),
         ("model.logit_bias_init=big", ["config.model.logit_bias_init", "'big'", "float"]),
         ("model=tiny", ["config.model", "group of keys"]),
@@ -277,11 +276,22 @@ def test_loss_and_bias_must_agree():
     _fails(config, "config.objective.label_smoothing=0.1")
 
 
-def test_image_size_must_fit_the_patches():
-    _fails(_load("demo", ["data.image_size=60"]), "config.data.image_size=60", "patch size 16")
+def test_image_size_must_fit_the_image_tower():
+    _fails(_load("tiny", ["data.image_size=36"]), "config.data.image_size=36", "patch size 8")
     config = _load("vit_b32", ["data.image_size=200"])  # the preset's own patches
     _fails(config, "config.data.image_size=200", "patch size 32", check_data=False)
-    config_lib.validate(_load("demo", ["data.image_size=60", "model.image.patch_size=6"]), 8)
+    config_lib.validate(_load("tiny", ["data.image_size=36", "model.image.patch_size=6"]), 8)
+    # The demo's ConvNet halves the image three times (its default channels), or as many
+    # times as it is given channels.
+    _fails(_load("demo", ["data.image_size=60"]), "config.data.image_size=60", "total stride 8")
+    config_lib.validate(_load("demo", ["data.image_size=60", "model.image.channels=(8, 16)"]), 8)
+
+
+def test_image_fields_must_belong_to_the_tower():
+    _fails(
+        _load("demo", ["model.image.patch_size=8"]), "config.model.image.patch_size=8", "ConvNet"
+    )
+    _fails(_load("tiny", ["model.image.channels=(8,)"]), "config.model.image.channels", "ViT")
 
 
 def test_unknown_builtin_name():
@@ -317,8 +327,8 @@ def test_webdataset_glob_matching_nothing(tmp_path: pathlib.Path):
         "data.source=webdataset",
         f"data.shards={tmp_path}/shard-*.tar",
         f"data.tokenizer={tmp_path}/tok",
-        "evals.zeroshot=false",
-        "evals.retrieval=false",
+        "evals.zeroshot_split=''",
+        "evals.retrieval_split=''",
     ]
     config = _load("demo", overrides)
     with pytest.raises(config_lib.MissingDataError, match=r"data\.shards=.*shard-\*\.tar"):
@@ -328,8 +338,8 @@ def test_webdataset_glob_matching_nothing(tmp_path: pathlib.Path):
     config = _load("demo", [*overrides[:1], f"data.shards={tmp_path}/{{0..1}}.tar", *overrides[2:]])
     with pytest.raises(config_lib.MissingDataError, match=r"2 of its 2 shards are missing"):
         config_lib.validate(config, 8)
-    config = _load("demo", [*overrides, "evals.retrieval=true"])
-    _fails(config, "config.evals.retrieval=True", "webdataset")
+    config = _load("demo", [*overrides, "evals.retrieval_split=validation"])
+    _fails(config, "config.evals.retrieval_split='validation'", "webdataset")
 
 
 def test_missing_tokenizer():

@@ -251,12 +251,13 @@ class ImageTransform:
 
 @dataclasses.dataclass(frozen=True)
 class ImageTextTransform:
-    """``record -> {"image": [S, S, 3], "ids": [L] int32, "mask": [L] int32}`` for CLIP / SigLIP.
+    """``record -> {"image": [S, S, 3], "ids": [L] int32, "mask": [L] int32}`` for CLIP / SigLIP
+    (+ ``"label": [] int32`` when ``label_key`` is set, for zero-shot evaluation).
 
     Image as :class:`ImageTransform` (defaults as open_clip's training: area scale 0.9..1, no
     flip, since captions name left and right); caption (``caption_key``; one drawn at random from
-    a list) tokenised to ``L = tokenizer.max_length``. A missing or empty caption or a bad image
-    gives ``Skip``.
+    a list) tokenised to ``L = tokenizer.max_length``. A missing or empty caption, a bad image or
+    a missing label gives ``Skip``.
     """
 
     image_size: int
@@ -269,6 +270,7 @@ class ImageTextTransform:
     std: tuple[float, ...] = CLIP_STD
     image_key: str = "image"
     caption_key: str = "caption"
+    label_key: str | None = None
 
     def __call__(self, record: Mapping[str, Any], key: ExampleKey) -> Example | Skip:
         rng = key.rng()
@@ -288,7 +290,13 @@ class ImageTextTransform:
         except BadExample as bad:
             return Skip(bad.reason)
         ids, mask = self.tokenizer(caption)
-        return {"image": image, "ids": ids, "mask": mask}
+        out = {"image": image, "ids": ids, "mask": mask}
+        if self.label_key is not None:
+            label = record.get(self.label_key)
+            if label is None:
+                return Skip("missing_label")
+            out["label"] = np.asarray(label, dtype=np.int32)
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,6 +96,28 @@ def variable_shardings(abstract_variables: Any, mesh: Mesh, rules=LOGICAL_RULES)
     return jax.tree.map(one, abstract_variables, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
+def _unbox(tree: Any) -> Any:
+    return jax.tree.map(
+        lambda x: x.value if isinstance(x, nn.Partitioned) else x,
+        tree,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned),
+    )
+
+
+def abstract_init(
+    init_fn: Callable[..., Any], mesh: Mesh, *args: Any, rules=LOGICAL_RULES
+) -> tuple[Any, Any]:
+    """``(abstract, shardings)`` of ``init_fn(*args)`` without running it: unboxed
+    ``jax.ShapeDtypeStruct``s that carry their ``NamedSharding`` (what a checkpoint restores
+    into), and the shardings alone."""
+    boxed = jax.eval_shape(init_fn, *args)
+    shardings = variable_shardings(boxed, mesh, rules)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), _unbox(boxed), shardings
+    )
+    return abstract, shardings
+
+
 def sharded_init(
     init_fn: Callable[..., Any], mesh: Mesh, *args: Any, rules=LOGICAL_RULES
 ) -> tuple[Any, Any]:
@@ -105,17 +127,12 @@ def sharded_init(
 
     Returns ``(variables, shardings)``, both unboxed (plain arrays / ``NamedSharding``s).
     """
-    abstract = jax.eval_shape(init_fn, *args)
-    shardings = variable_shardings(abstract, mesh, rules)
+    _, shardings = abstract_init(init_fn, mesh, *args, rules=rules)
 
     def init_unboxed(*args):
         # Plain values; the layout comes from out_shardings (flax's own unbox would add
         # sharding constraints without the divisibility fallback of logical_to_spec).
-        return jax.tree.map(
-            lambda x: x.value if isinstance(x, nn.Partitioned) else x,
-            init_fn(*args),
-            is_leaf=lambda x: isinstance(x, nn.Partitioned),
-        )
+        return _unbox(init_fn(*args))
 
     with jax.set_mesh(mesh):
         variables = jax.jit(init_unboxed, out_shardings=shardings)(*args)

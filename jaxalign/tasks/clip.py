@@ -1,13 +1,20 @@
 """The CLIP / SigLIP task: a dual encoder trained with InfoNCE or the sigmoid loss over the
-global batch.
+global batch, its data, and its evals (zero-shot classification, image <-> text retrieval).
 
 Batches are ``{"image": [batch, S, S, 3] float32, "ids": [batch, L] int32, "mask": [batch, L]
 int32}``, batch over (``data``, ``fsdp``). The loss's ``impl`` (naive, tiled, ring) and
 cached-gradient accumulation (``optim.micro_batches > 1``) come from the config.
+
+Data (``config.data``): a built-in dataset (built under ``data_dir`` on first use), a TFDS
+dataset prepared on disk, or webdataset shards; captions are tokenised with the built-in
+caption tokenizer or a local Hugging Face tokenizer directory. Zero-shot classes are the names
+of the eval split's ``label`` feature (a TFDS ``ClassLabel``), put into ``evals.templates``.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
 import jax
@@ -15,7 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxalign import models, objectives
+from jaxalign import evals, models, objectives
+from jaxalign.config import ConfigError
+from jaxalign.data import ImageTextTransform, TextTokenizer, make_pipeline
+from jaxalign.parallel.sharding import activation_context
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -39,6 +49,114 @@ class ClipTask:
             text={**tower, "max_len": int(config.data.max_len), **dict(model.text)},
             **dual,
         )
+
+    # --- data ---------------------------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.expanduser(self.config.data.data_dir)
+
+    def prepare_data(self) -> None:
+        """Builds a built-in dataset (and its tokenizer) if it is not on disk yet; process 0
+        builds, the others wait for it."""
+        if self.config.data.source != "builtin":
+            return
+        from jaxalign.data import builtin
+
+        if jax.process_index() == 0:
+            builtin.prepare(self.config.data.name, self.data_dir)
+            if not self.config.data.tokenizer:
+                builtin.build_caption_tokenizer(self.data_dir)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxalign: built-in data prepared")
+
+    @functools.cached_property
+    def tokenizer(self) -> TextTokenizer:
+        """Captions -> ``([L] ids, [L] mask)``, ``L = data.max_len``."""
+        from jaxalign.interop import hf
+
+        path = self.config.data.tokenizer
+        if not path:  # the built-in caption tokenizer (validate() allows this for builtin only)
+            from jaxalign.data.builtin import TOKENIZER_DIRNAME
+
+            path = os.path.join(self.data_dir, TOKENIZER_DIRNAME)
+        return TextTokenizer(hf.load_tokenizer(os.path.expanduser(path)), self.config.data.max_len)
+
+    def source(self, split: str, *, key: str = "data.train_split") -> Any:
+        """A random-access source of the configured dataset's ``split`` (images undecoded).
+
+        Raises ConfigError naming ``key`` when the split or the dataset is not there.
+        """
+        data = self.config.data
+        if data.source == "webdataset":
+            from jaxalign.data import WebDatasetSource
+
+            return WebDatasetSource(data.shards)
+        from jaxalign.data import tfds_source
+
+        try:
+            return tfds_source(data.name, self.data_dir, split, decode_images=False)
+        except (ValueError, FileNotFoundError) as error:
+            raise ConfigError(f"config.{key}={split!r}: {error}") from None
+
+    def transform(self, *, train: bool, label: bool = False) -> ImageTextTransform:
+        return ImageTextTransform(
+            image_size=int(self.config.data.image_size),
+            tokenizer=self.tokenizer,
+            train=train,
+            label_key="label" if label else None,
+        )
+
+    def train_pipeline(self) -> Any:
+        """This process's endless stream of training batches (``global_batch_size /
+        process_count`` examples each), resumable with ``get_state`` / ``set_state``."""
+        data = self.config.data
+        return make_pipeline(
+            self.source(data.train_split),
+            seed=int(self.config.seed),
+            global_batch_size=int(self.config.train.global_batch_size),
+            transform=self.transform(train=True),
+            worker_count=int(data.worker_count),
+            prefetch=int(data.prefetch),
+        )
+
+    def _eval_pipeline(self, split: str, key: str, *, label: bool) -> Any:
+        limit = int(self.config.evals.max_examples)
+        source = self.source(f"{split}[:{limit}]" if limit else split, key=key)
+        return make_pipeline(
+            source,
+            seed=int(self.config.seed),
+            global_batch_size=int(self.config.evals.batch_size),
+            transform=self.transform(train=False, label=label),
+            num_epochs=1,
+            drop_remainder=False,
+            prefetch=0,
+        )
+
+    def check_eval_data(self) -> None:
+        """Opens every eval split (and its class names), so a missing one fails before the
+        train step compiles; raises ConfigError naming the key."""
+        ev = self.config.evals
+        if ev.zeroshot_split:
+            self.class_names(ev.zeroshot_split)
+        if ev.retrieval_split:
+            self.source(ev.retrieval_split, key="evals.retrieval_split")
+
+    def class_names(self, split: str) -> list[str]:
+        """The names of the ``label`` classes of ``split``'s dataset, in label order."""
+        source = self.source(split, key="evals.zeroshot_split")
+        feature = getattr(source, "dataset_info", None)
+        features = feature.features if feature is not None else {}
+        if "label" not in features or not hasattr(features["label"], "names"):
+            raise ConfigError(
+                f"config.evals.zeroshot_split={split!r}: dataset {self.config.data.name!r} has "
+                "no 'label' class feature to name the zero-shot classes"
+            )
+        return list(features["label"].names)
+
+    # --- model ----------------------------------------------------------------------------------
 
     def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
         """A batch of zeros with the task's shapes and dtypes (for init and shardings)."""
@@ -114,3 +232,64 @@ class ClipTask:
             return loss, grads, metrics_of(params)
 
         return grad_fn
+
+    # --- evals ----------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def _embed_fn(self):
+        def embed(params, batch):
+            image, text = self.embed(params, batch)
+            return {"image": image, "text": text}
+
+        return jax.jit(embed)
+
+    @functools.cached_property
+    def _encode_text_fn(self):
+        def encode_text(params, ids, mask):
+            text, _ = self.model.apply({"params": params}, ids, mask, method="encode_text")
+            return text
+
+        return jax.jit(encode_text)
+
+    def evaluate(self, params: Any, mesh: Mesh, *, progress: bool = False) -> dict[str, float]:
+        """Zero-shot top-1 / top-5 on ``evals.zeroshot_split`` (and its chance rate) and
+        image <-> text recall@1/5/10 on ``evals.retrieval_split``; either is skipped when its
+        split is ``""``. Each split is embedded once, sharded over the mesh."""
+        ev = self.config.evals
+        batch_size = int(ev.batch_size)
+        results: dict[str, float] = {}
+        if ev.zeroshot_split:
+            names = self.class_names(ev.zeroshot_split)
+            pipeline = self._eval_pipeline(ev.zeroshot_split, "evals.zeroshot_split", label=True)
+            out = evals.embed_dataset(
+                self._embed_fn,
+                pipeline,
+                mesh,
+                global_batch_size=batch_size,
+                keep=("label",),
+                params=params,
+                progress=progress,
+                desc=f"zero-shot ({ev.zeroshot_split})",
+            )
+            with activation_context(mesh):
+                classes = evals.class_text_embeddings(
+                    lambda ids, mask: self._encode_text_fn(params, ids, mask),
+                    self.tokenizer.encode_batch,
+                    names,
+                    tuple(ev.templates),
+                    batch_size=batch_size,
+                )
+            results.update(evals.zeroshot_accuracy(out["image"], out["label"], classes))
+        if ev.retrieval_split:
+            pipeline = self._eval_pipeline(ev.retrieval_split, "evals.retrieval_split", label=False)
+            out = evals.embed_dataset(
+                self._embed_fn,
+                pipeline,
+                mesh,
+                global_batch_size=batch_size,
+                params=params,
+                progress=progress,
+                desc=f"retrieval ({ev.retrieval_split})",
+            )
+            results.update(evals.retrieval_recall(out["image"], out["text"]))
+        return results

@@ -26,11 +26,13 @@ class TrainState:
 
     @classmethod
     def create(cls, params: Any, tx: optax.GradientTransformation) -> TrainState:
-        zero = jnp.zeros((), jnp.int32)
+        def zero():  # one buffer each: the state is donated, and a buffer cannot be given twice
+            return jnp.zeros((), jnp.int32)
+
         return cls(
-            step=zero,
+            step=zero(),
             params=params,
             opt_state=tx.init(params),
-            nonfinite_in_a_row=zero,
-            nonfinite_total=zero,
+            nonfinite_in_a_row=zero(),
+            nonfinite_total=zero(),
         )

@@ -111,7 +111,7 @@ def test_two_builds_are_byte_identical(built: Path, rebuilt: Path):
 def test_shapes_captions_reads_back_consistently(built: Path):
     source = tfds.data_source("shapes_captions", data_dir=built)
     assert {split: len(ds) for split, ds in source.items()} == SHAPES_COUNTS
-    builder = tfds.builder_from_directory(str(built / "shapes_captions" / "default" / "1.0.0"))
+    builder = tfds.builder_from_directory(str(built / "shapes_captions" / "default" / "2.0.0"))
     class_names = builder.info.features["label"].names
     assert class_names == list(sc.CLASS_NAMES)
     for split, ds in source.items():

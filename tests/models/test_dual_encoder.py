@@ -44,6 +44,18 @@ def test_tiny_dual_encoder_outputs():
     np.testing.assert_array_equal(image_alone, outputs["image"])
 
 
+def test_cnn_preset_has_a_conv_net_image_tower():
+    model = models.build("tiny-cnn", text={"causal": False, "pool": "mean"})
+    assert isinstance(model.image_tower, models.ConvNet)
+    images, ids = _tiny_inputs()
+    variables = nn.unbox(model.init(jax.random.key(0), images, ids))
+    outputs, inter = model.apply(variables, images, ids, jnp.ones_like(ids))
+    assert outputs["image"].shape == outputs["text"].shape == (2, 128)
+    np.testing.assert_allclose(jnp.linalg.norm(outputs["image"], axis=1), 1.0, rtol=1e-5)
+    assert inter["img/conv"].shape == (2, 8, 8, 64)  # three 2x2 pools of 64x64
+    assert inter["img/pre_logits"].shape == (2, 256)
+
+
 def test_siglip_initialisation():
     model = models.build("tiny", logit_scale_init=math.log(10.0), logit_bias_init=-10.0)
     images, ids = _tiny_inputs()

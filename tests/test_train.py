@@ -1,0 +1,297 @@
+"""The trainer end to end on the tiny preset: the real entry point, the work directory's files,
+1 device = 8 devices, exact resume after SIGKILL, SIGTERM, one compilation, non-finite
+updates, bad configs, and ``jaxalign eval``.
+
+Runs that must die (SIGKILL / SIGTERM at a chosen step) are real subprocesses of the real
+trainer; a few lines of test code in the child send the signal when the step is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jaxalign import config as config_lib
+from jaxalign import train
+from jaxalign.tasks.clip import ClipTask
+from jaxalign.train_lib.metric_writers import read_metrics
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "clip.py")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """One built-in dataset build for the module."""
+    from jaxalign.data import builtin
+
+    path = tmp_path_factory.mktemp("data")
+    builtin.prepare("shapes_captions", path)
+    builtin.build_caption_tokenizer(path)
+    return str(path)
+
+
+def _overrides(data_dir, **extra):
+    values = {"data.data_dir": data_dir, **extra}
+    return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def _load(data_dir, **extra):
+    return config_lib.load(f"{CONFIG}:tiny", _overrides(data_dir, **extra))
+
+
+def _run_child(
+    workdir, overrides, *, signal_at=None, signal_name="SIGKILL", after_checkpoint=0, timeout=300
+):
+    """``python -m jaxalign.train`` in a subprocess on one CPU device; with ``signal_at`` the
+    child sends itself ``signal_name`` as soon as that step's metrics are written (once the
+    asynchronous checkpoint ``after_checkpoint`` is complete on disk, if given)."""
+    code = "import sys\nfrom jaxalign import train\n"
+    if signal_at is not None:
+        done = os.path.join(workdir, "checkpoints", str(after_checkpoint))
+        code += textwrap.dedent(
+            f"""
+            import os, signal, time
+            from jaxalign.train_lib import metric_writers
+            _write = metric_writers.MetricWriter.write
+            def write(self, step, metrics):
+                row = _write(self, step, metrics)
+                if step == {signal_at} and "loss" in row:
+                    deadline = time.time() + 60
+                    while {after_checkpoint} and not os.path.isdir({done!r}):
+                        assert time.time() < deadline, "checkpoint never completed"
+                        time.sleep(0.05)
+                    os.kill(os.getpid(), signal.{signal_name})
+                return row
+            metric_writers.MetricWriter.write = write
+            """
+        )
+    code += "sys.exit(train.main(sys.argv[1:]))\n"
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-c", code, f"--config={CONFIG}:tiny", f"--workdir={workdir}", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def _losses(workdir):
+    return {row["step"]: row["loss"] for row in read_metrics(workdir) if "loss" in row}
+
+
+RESUME = {"train.steps": 8, "train.checkpoint_every": 3, "train.eval_every": 8}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = _run_child(workdir, _overrides(data_dir, **RESUME))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_entry_point_writes_the_work_directory(uninterrupted):
+    workdir, result = uninterrupted
+    for name in ("config.json", "env.json", "metrics.jsonl", "summary.json"):
+        assert (workdir / name).is_file(), name
+    assert os.listdir(workdir / "tensorboard")
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "8"]  # keep_checkpoints=2
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["step"] == 8
+    for key in ("eval/zeroshot_top1", "eval/zeroshot_chance", "eval/i2t_R@1", "eval/t2i_R@10"):
+        assert 0.0 <= summary[key] <= 1.0, key
+    assert summary["eval/zeroshot_chance"] == pytest.approx(1 / 30)
+    rows = read_metrics(workdir)
+    train_rows = [row for row in rows if "loss" in row]
+    assert [row["step"] for row in train_rows] == list(range(1, 9))
+    assert all(np.isfinite(row["loss"]) for row in train_rows)
+    assert all(row["examples_per_s"] > 0 for row in train_rows[1:])
+    assert "flops_per_s_per_device" in train_rows[-1] and "mfu" not in train_rows[-1]  # CPU
+    assert rows[-1]["step"] == 8 and "eval/i2t_R@1" in rows[-1]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["train"]["steps"] == 8
+    env = json.loads((workdir / "env.json").read_text())
+    assert env["device_count"] == 1 and env["versions"]["jax"] == jax.__version__
+    assert "step 8: loss" in result.stdout
+
+
+def test_sigkill_between_checkpoints_resumes_bit_for_bit(uninterrupted, data_dir, tmp_path):
+    reference, _ = uninterrupted
+    overrides = _overrides(data_dir, **RESUME)
+    killed = _run_child(tmp_path, overrides, signal_at=5, after_checkpoint=3)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert max(_losses(tmp_path)) == 5  # logged up to the kill, checkpoint 3 on disk
+    # What a kill during a save leaves: orbax's temporary directory. It must be ignored.
+    half_written = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-1700000000"
+    (half_written / "state").mkdir(parents=True)
+    (half_written / "state" / "garbage").write_text("not a checkpoint")
+
+    resumed = _run_child(tmp_path, overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from checkpoint 3" in resumed.stdout
+    assert _losses(tmp_path) == _losses(reference)  # every step, float for float
+    steps = [row["step"] for row in read_metrics(tmp_path) if "loss" in row]
+    assert steps == list(range(1, 9))  # rows 4-5 of the killed run were dropped, not doubled
+
+
+def test_sigterm_saves_and_stops_cleanly(uninterrupted, data_dir, tmp_path):
+    reference, _ = uninterrupted
+    overrides = _overrides(data_dir, **RESUME)
+    stopped = _run_child(tmp_path, overrides, signal_at=4, signal_name="SIGTERM")
+    assert stopped.returncode == train.PREEMPTED_EXIT_CODE, stopped.stderr[-3000:]
+    assert "stopped by SIGTERM at step" in stopped.stderr
+    saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert saved[-1] in (4, 5)  # the step in flight when the signal arrived
+    resumed = _run_child(tmp_path, overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from checkpoint {saved[-1]}" in resumed.stdout
+    assert _losses(tmp_path) == _losses(reference)
+
+
+def test_one_device_equals_eight(data_dir, tmp_path):
+    overrides = {
+        "train.steps": 20,
+        "train.log_every": 1,
+        "train.checkpoint_every": 20,
+        "train.eval_every": 20,
+        "evals.zeroshot_split": "''",
+        "evals.retrieval_split": "''",
+    }
+    one = train.train_and_evaluate(
+        _load(data_dir, **overrides), tmp_path / "one", devices=jax.devices()[:1]
+    )
+    eight = train.train_and_evaluate(_load(data_dir, **overrides), tmp_path / "eight")
+    assert one["step"] == eight["step"] == 20
+    assert json.loads((tmp_path / "eight" / "env.json").read_text())["mesh"]["data"] == 8
+    losses_one, losses_eight = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
+    assert sorted(losses_one) == list(range(1, 21))
+    np.testing.assert_allclose(
+        [losses_eight[s] for s in range(1, 21)], [losses_one[s] for s in range(1, 21)], rtol=1e-5
+    )
+
+
+def test_the_step_compiles_once(data_dir, tmp_path, monkeypatch):
+    traces = []
+    make_grad_fn = ClipTask.make_grad_fn
+
+    def counting(self, mesh):
+        grad_fn = make_grad_fn(self, mesh)
+
+        def counted(params, batch):
+            traces.append(1)
+            return grad_fn(params, batch)
+
+        return counted
+
+    monkeypatch.setattr(ClipTask, "make_grad_fn", counting)
+    train.train_and_evaluate(_load(data_dir, **{"train.steps": 6}), tmp_path)
+    assert len(traces) == 1
+
+
+def _plant_nan(monkeypatch, bad_steps):
+    """Batches ``bad_steps`` (1-based) of the training stream get NaN images."""
+    pipeline = ClipTask.train_pipeline
+
+    class Planted:
+        def __init__(self, iterator):
+            self.iterator, self.count = iterator, 0
+
+        def __next__(self):
+            batch = next(self.iterator)
+            self.count += 1
+            if self.count in bad_steps:
+                batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+            return batch
+
+        def __getattr__(self, name):
+            return getattr(self.iterator, name)
+
+    class PlantedPipeline:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __iter__(self):
+            return Planted(iter(self.inner))
+
+    monkeypatch.setattr(ClipTask, "train_pipeline", lambda self: PlantedPipeline(pipeline(self)))
+
+
+def test_a_nan_batch_is_skipped_and_counted(data_dir, tmp_path, monkeypatch):
+    _plant_nan(monkeypatch, bad_steps={3})
+    summary = train.train_and_evaluate(_load(data_dir, **{"train.steps": 5}), tmp_path)
+    assert summary["nonfinite_total"] == 1
+    rows = {row["step"]: row for row in read_metrics(tmp_path) if "loss" in row}
+    assert rows[3]["skipped"] == 1 and not np.isfinite(float(rows[3]["loss"]))
+    assert all(rows[s]["skipped"] == 0 and np.isfinite(rows[s]["loss"]) for s in (1, 2, 4, 5))
+
+
+def test_too_many_nonfinite_updates_stop_the_run(data_dir, tmp_path, monkeypatch):
+    _plant_nan(monkeypatch, bad_steps={2, 3, 4})
+    config = _load(data_dir, **{"train.steps": 5, "optim.max_nonfinite_in_a_row": 3})
+    with pytest.raises(train.TrainingDivergedError, match="3 updates in a row"):
+        train.train_and_evaluate(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("--config.train.batch_size=16", "unknown key config.train.batch_size"),
+        ("--config.optim.lr=fast", "config.optim.lr='fast'"),
+        ("--config.train.global_batch_size=13", "config.train.global_batch_size=13"),
+        ("--config.data.name=nope", "config.data.name='nope'"),
+        ("--config.data.image_size=30", "config.data.image_size=30"),
+    ],
+)
+def test_a_bad_config_fails_before_compiling_and_names_the_key(
+    data_dir, tmp_path, capsys, override, expected
+):
+    args = [
+        f"--config={CONFIG}:tiny",
+        f"--workdir={tmp_path}",
+        f"--config.data.data_dir={data_dir}",
+    ]
+    assert train.main([*args, override]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_missing_dataset_names_the_key(tmp_path, capsys):
+    args = [
+        f"--config={CONFIG}:tiny",
+        f"--workdir={tmp_path}",
+        "--config.data.source=tfds",
+        "--config.data.name=my_pairs",
+        f"--config.data.data_dir={tmp_path / 'nowhere'}",
+        f"--config.data.tokenizer={tmp_path}",
+    ]
+    assert train.main(args) == 2
+    assert "config.data.name='my_pairs'" in capsys.readouterr().err
+
+
+def test_a_missing_eval_split_names_the_key(data_dir, tmp_path, capsys):
+    args = [f"--config={CONFIG}:tiny", f"--workdir={tmp_path}", *_overrides(data_dir)]
+    assert train.main([*args, "--config.evals.retrieval_split=dev"]) == 2
+    assert "config.evals.retrieval_split='dev'" in capsys.readouterr().err
+
+
+def test_eval_command_reruns_the_evals_from_the_newest_checkpoint(uninterrupted, capsys):
+    from jaxalign import cli
+
+    workdir, _ = uninterrupted
+    assert cli.main(["eval", f"--workdir={workdir}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert printed["step"] == 8
+    for key, value in summary.items():
+        if key.startswith("eval/"):
+            assert printed[key] == pytest.approx(value, abs=1e-6), key
+    assert json.loads((workdir / "eval.json").read_text()) == printed

@@ -1,0 +1,64 @@
+"""metrics.jsonl rows, truncation on resume, and throughput / utilisation figures."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxalign.train_lib import throughput
+from jaxalign.train_lib.metric_writers import MetricWriter, read_metrics, truncate_after
+
+
+def test_rows_are_plain_json_and_flushed(tmp_path):
+    writer = MetricWriter(tmp_path, total_steps=3, start_step=0, progress=False)
+    writer.write(1, {"loss": jnp.float32(2.5), "skipped": np.int32(0), "lr": 1e-3})
+    writer.write(2, {"loss": float("nan")})
+    assert read_metrics(tmp_path) == [  # readable before close: each row is flushed
+        {"step": 1, "loss": 2.5, "skipped": 0, "lr": 1e-3},
+        {"step": 2, "loss": "nan"},
+    ]
+    writer.close()
+    assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_resume_drops_rows_after_the_checkpoint(tmp_path):
+    writer = MetricWriter(tmp_path, total_steps=6, start_step=0, progress=False)
+    for step in range(1, 6):
+        writer.write(step, {"loss": float(step)})
+    writer.write(4, {"eval/top1": 0.5})
+    writer.close()
+    resumed = MetricWriter(tmp_path, total_steps=6, start_step=3, progress=False)
+    resumed.write(4, {"loss": 40.0})
+    resumed.close()
+    rows = read_metrics(tmp_path)
+    assert [(r["step"], r.get("loss")) for r in rows] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+
+
+def test_a_finished_run_run_again_replaces_its_final_eval_row(tmp_path):
+    writer = MetricWriter(tmp_path, total_steps=2, start_step=0, progress=False)
+    writer.write(2, {"loss": 1.0})
+    writer.write(2, {"eval/top1": 0.5})
+    writer.close()
+    assert truncate_after(tmp_path, 2, evals_at_step=True) == 1
+    assert read_metrics(tmp_path) == [{"step": 2, "loss": 1.0}]
+
+
+def test_peak_flops_table():
+    assert throughput.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert throughput.peak_flops("TPU v5 lite") == 197e12
+    assert throughput.peak_flops("TPU v5p") == 459e12
+    assert throughput.peak_flops("cpu") is None
+
+
+def test_step_flops_of_a_matmul_and_utilisation():
+    a = jax.ShapeDtypeStruct((64, 32), jnp.float32)
+    b = jax.ShapeDtypeStruct((32, 16), jnp.float32)
+    compiled = jax.jit(jnp.dot).lower(a, b).compile()
+    assert throughput.step_flops(compiled) == pytest.approx(2 * 64 * 32 * 16, rel=0.01)
+    meter = throughput.Throughput(examples_per_step=8, flops_per_step=1e9, peak=1e12)
+    assert meter.report() == {}
+    meter.count(4)
+    report = meter.report()
+    assert report["examples_per_s"] == pytest.approx(8 * report["steps_per_s"])
+    assert report["mfu"] == pytest.approx(report["flops_per_s_per_device"] / 1e12)
+    assert throughput.Throughput(8, None, None).report() == {}
