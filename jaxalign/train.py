@@ -21,10 +21,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
+import optax
 from jax.sharding import Mesh
 
 from jaxalign import config as config_lib
@@ -62,7 +63,36 @@ def _write_json(path: str, value: Any) -> None:
         os.replace(path + ".tmp", path)
 
 
-def _setup(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None):
+class _Setup(NamedTuple):
+    """What a run is built from, before any state exists."""
+
+    mesh: Mesh
+    task: Any
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    init_state: Any  # rng -> TrainState (boxed, for sharded_init)
+    rng: jax.Array
+    abstract_state: Any  # ShapeDtypeStructs with their shardings
+    state_shardings: Any
+
+    def compile_step(self) -> tuple[Any, float | None]:
+        """The jitted step, compiled once for the batch's shapes (``.lower().compile()``), and
+        the FLOPs one device runs per step."""
+        task, mesh = self.task, self.mesh
+        step = make_train_step(
+            task.make_grad_fn(mesh), self.tx, self.state_shardings, batch_sharding(mesh)
+        )
+        examples = task.example_batch(int(task.config.train.global_batch_size))
+        abstract_batch = {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(mesh))
+            for k, v in examples.items()
+        }
+        with activation_context(mesh):
+            compiled = step.lower(self.abstract_state, abstract_batch).compile()
+        return compiled, step_flops(compiled)
+
+
+def _setup(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None) -> _Setup:
     """Config checks (before anything compiles), mesh, task with its data, optimizer, and the
     state's abstract shapes and shardings."""
     devices = list(jax.devices() if devices is None else devices)
@@ -79,21 +109,7 @@ def _setup(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | No
 
     rng = jax.random.key(int(config.seed))
     abstract_state, state_shardings = abstract_init(init_state, mesh, rng)
-    return mesh, task, tx, schedule, (init_state, rng, abstract_state, state_shardings)
-
-
-def _compile_step(task, tx, mesh, abstract_state, state_shardings):
-    """The jitted step, compiled once for the batch's shapes (``.lower().compile()``), and the
-    FLOPs one device runs per step."""
-    step = make_train_step(task.make_grad_fn(mesh), tx, state_shardings, batch_sharding(mesh))
-    examples = task.example_batch(int(task.config.train.global_batch_size))
-    abstract_batch = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(mesh))
-        for k, v in examples.items()
-    }
-    with activation_context(mesh):
-        compiled = step.lower(abstract_state, abstract_batch).compile()
-    return compiled, step_flops(compiled)
+    return _Setup(mesh, task, tx, schedule, init_state, rng, abstract_state, state_shardings)
 
 
 def train_and_evaluate(
@@ -119,9 +135,8 @@ def train_and_evaluate(
     """
     workdir = os.path.abspath(os.fspath(workdir))
     started = time.perf_counter()
-    mesh, task, tx, schedule, (init_state, rng, abstract_state, state_shardings) = _setup(
-        config, devices
-    )
+    setup = _setup(config, devices)
+    mesh, task = setup.mesh, setup.task
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         config_lib.save(config, workdir)
@@ -149,13 +164,13 @@ def train_and_evaluate(
     )
     iterator = iter(task.train_pipeline())
     if checkpointer.latest_step() is not None:
-        state, data_state, start_step = checkpointer.restore(abstract_state)
+        state, data_state, start_step = checkpointer.restore(setup.abstract_state)
         iterator.set_state(data_state)
     else:
-        state, _ = sharded_init(init_state, mesh, rng)
+        state, _ = sharded_init(setup.init_state, mesh, setup.rng)
         start_step = 0
 
-    compiled, flops = _compile_step(task, tx, mesh, abstract_state, state_shardings)
+    compiled, flops = setup.compile_step()
     total_steps, batch_size = int(config.train.steps), int(config.train.global_batch_size)
     writer = MetricWriter(
         workdir, total_steps=total_steps, start_step=start_step, progress=progress
@@ -167,7 +182,7 @@ def train_and_evaluate(
         + (f"; {flops / 1e9:.4g} GFLOP per device per step" if flops else "")
     )
     loop = _Loop(
-        config, task, mesh, compiled, schedule, iterator, checkpointer, writer,
+        config, task, mesh, compiled, setup.schedule, iterator, checkpointer, writer,
         Throughput(batch_size, flops, peak),
     )  # fmt: skip
     eval_row: dict[str, Any] = {}
@@ -294,15 +309,15 @@ def evaluate_workdir(workdir: str | os.PathLike, *, progress: bool | None = None
     with open(path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     config.evals.templates = tuple(config.evals.templates)
-    mesh, task, _, _, (_, _, abstract_state, _) = _setup(config, None)
+    setup = _setup(config, None)
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"), every=1, keep=int(config.train.keep_checkpoints)
     )
     try:
-        state, _, step = checkpointer.restore(abstract_state)
+        state, _, step = checkpointer.restore(setup.abstract_state)
     finally:
         checkpointer.close()
-    results = task.evaluate(state.params, mesh, progress=progress)
+    results = setup.task.evaluate(state.params, setup.mesh, progress=progress)
     out = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
     _write_json(os.path.join(workdir, "eval.json"), out)
     return out

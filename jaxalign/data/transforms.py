@@ -205,6 +205,17 @@ def get_caption(record: Mapping[str, Any], key: str, rng: np.random.Generator | 
 # Ready-made transforms
 
 
+def _with_label(out: Example, record: Mapping[str, Any], label_key: str | None) -> Example | Skip:
+    """``out`` plus ``"label": [] int32`` from ``record[label_key]`` (unless ``label_key`` is
+    None); a record without it is skipped."""
+    if label_key is None:
+        return out
+    label = record.get(label_key)
+    if label is None:
+        return Skip("missing_label")
+    return {**out, "label": np.asarray(label, dtype=np.int32)}
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageTransform:
     """``record -> {"image": [S, S, 3]}`` (+ ``"label": [] int32`` when ``label_key`` is set).
@@ -241,12 +252,7 @@ class ImageTransform:
             out = {"image": self.image(record, key.rng())}
         except BadExample as bad:
             return Skip(bad.reason)
-        if self.label_key is not None:
-            label = record.get(self.label_key)
-            if label is None:
-                return Skip("missing_label")
-            out["label"] = np.asarray(label, dtype=np.int32)
-        return out
+        return _with_label(out, record, self.label_key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,12 +297,7 @@ class ImageTextTransform:
             return Skip(bad.reason)
         ids, mask = self.tokenizer(caption)
         out = {"image": image, "ids": ids, "mask": mask}
-        if self.label_key is not None:
-            label = record.get(self.label_key)
-            if label is None:
-                return Skip("missing_label")
-            out["label"] = np.asarray(label, dtype=np.int32)
-        return out
+        return _with_label(out, record, self.label_key)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,20 +57,29 @@ class ClipTask:
         return os.path.expanduser(self.config.data.data_dir)
 
     def prepare_data(self) -> None:
-        """Builds a built-in dataset (and its tokenizer) if it is not on disk yet; process 0
-        builds, the others wait for it."""
+        """Builds a built-in dataset (and its tokenizer) if it is not on disk yet. Process 0
+        builds first; the others then find it (a shared disk) or build their own copy (a
+        local one)."""
         if self.config.data.source != "builtin":
             return
         from jaxalign.data import builtin
 
-        if jax.process_index() == 0:
+        def build() -> None:
             builtin.prepare(self.config.data.name, self.data_dir)
-            if not self.config.data.tokenizer:
+            tokenizer = os.path.join(self.data_dir, builtin.TOKENIZER_DIRNAME)
+            if not self.config.data.tokenizer and (
+                jax.process_index() == 0 or not os.path.isdir(tokenizer)
+            ):
                 builtin.build_caption_tokenizer(self.data_dir)
+
+        if jax.process_index() == 0:
+            build()
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("jaxalign: built-in data prepared")
+            if jax.process_index() > 0:
+                build()
 
     @functools.cached_property
     def tokenizer(self) -> TextTokenizer:
@@ -122,17 +131,33 @@ class ClipTask:
             prefetch=int(data.prefetch),
         )
 
-    def _eval_pipeline(self, split: str, key: str, *, label: bool) -> Any:
-        limit = int(self.config.evals.max_examples)
-        source = self.source(f"{split}[:{limit}]" if limit else split, key=key)
-        return make_pipeline(
-            source,
+    def _embed_split(
+        self, params: Any, mesh: Mesh, split: str, eval_name: str, progress: bool
+    ) -> dict[str, np.ndarray]:
+        """``{"image": [n, embed], "text": [n, embed]}`` (+ ``"label"`` for zero-shot) of the
+        first ``evals.max_examples`` of ``split`` (all when 0), embedded sharded over the mesh."""
+        ev = self.config.evals
+        label = eval_name == "zeroshot"
+        key = f"evals.{eval_name}_split"
+        limit = int(ev.max_examples)
+        pipeline = make_pipeline(
+            self.source(f"{split}[:{limit}]" if limit else split, key=key),
             seed=int(self.config.seed),
-            global_batch_size=int(self.config.evals.batch_size),
+            global_batch_size=int(ev.batch_size),
             transform=self.transform(train=False, label=label),
             num_epochs=1,
             drop_remainder=False,
             prefetch=0,
+        )
+        return evals.embed_dataset(
+            self._embed_fn,
+            pipeline,
+            mesh,
+            global_batch_size=int(ev.batch_size),
+            keep=("label",) if label else (),
+            params=params,
+            progress=progress,
+            desc=f"{eval_name} ({split})",
         )
 
     def check_eval_data(self) -> None:
@@ -256,40 +281,19 @@ class ClipTask:
         image <-> text recall@1/5/10 on ``evals.retrieval_split``; either is skipped when its
         split is ``""``. Each split is embedded once, sharded over the mesh."""
         ev = self.config.evals
-        batch_size = int(ev.batch_size)
         results: dict[str, float] = {}
         if ev.zeroshot_split:
-            names = self.class_names(ev.zeroshot_split)
-            pipeline = self._eval_pipeline(ev.zeroshot_split, "evals.zeroshot_split", label=True)
-            out = evals.embed_dataset(
-                self._embed_fn,
-                pipeline,
-                mesh,
-                global_batch_size=batch_size,
-                keep=("label",),
-                params=params,
-                progress=progress,
-                desc=f"zero-shot ({ev.zeroshot_split})",
-            )
+            out = self._embed_split(params, mesh, ev.zeroshot_split, "zeroshot", progress)
             with activation_context(mesh):
                 classes = evals.class_text_embeddings(
                     lambda ids, mask: self._encode_text_fn(params, ids, mask),
                     self.tokenizer.encode_batch,
-                    names,
+                    self.class_names(ev.zeroshot_split),
                     tuple(ev.templates),
-                    batch_size=batch_size,
+                    batch_size=int(ev.batch_size),
                 )
             results.update(evals.zeroshot_accuracy(out["image"], out["label"], classes))
         if ev.retrieval_split:
-            pipeline = self._eval_pipeline(ev.retrieval_split, "evals.retrieval_split", label=False)
-            out = evals.embed_dataset(
-                self._embed_fn,
-                pipeline,
-                mesh,
-                global_batch_size=batch_size,
-                params=params,
-                progress=progress,
-                desc=f"retrieval ({ev.retrieval_split})",
-            )
+            out = self._embed_split(params, mesh, ev.retrieval_split, "retrieval", progress)
             results.update(evals.retrieval_recall(out["image"], out["text"]))
         return results
