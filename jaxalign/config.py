@@ -575,6 +575,44 @@ def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return plain(config.to_dict())
 
 
+def from_dict(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """The inverse of ``to_dict``: tuples back where the task's schema has them (JSON turned
+    them into lists), ``None`` back into typed placeholders; locked, like ``load``'s."""
+    schema = SCHEMAS.get(values.get("task"))
+    if schema is None:
+        raise ConfigError(
+            f"config.task={values.get('task')!r}: unknown task; choose from {sorted(SCHEMAS)}"
+        )
+
+    def build(node: Mapping[str, Any], spec: Any) -> ml_collections.ConfigDict:
+        out = ml_collections.ConfigDict()
+        for key, value in node.items():
+            sub = spec.get(key) if isinstance(spec, dict) else None
+            if isinstance(value, Mapping):
+                out[key] = build(value, sub if sub is not None else {})
+                continue
+            if isinstance(spec, Overrides):  # a free field: typed by its default
+                is_tuple = isinstance(spec.fields().get(key), tuple)
+            else:
+                is_tuple = isinstance(sub, Field) and sub.kind is tuple
+            if isinstance(value, list) and is_tuple:
+                value = tuple(value)
+            if value is None and isinstance(sub, Field) and sub.nullable:
+                value = ml_collections.config_dict.placeholder(sub.kind)
+            out[key] = value
+        return out
+
+    config = build(values, schema)
+    config.lock()
+    return config
+
+
+def load_json(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """A ``config.json`` written by ``save`` -> the config (see ``from_dict``)."""
+    with open(path) as f:
+        return from_dict(json.load(f))
+
+
 def save(config: ml_collections.ConfigDict, path: str | os.PathLike) -> str:
     """Writes ``to_dict(config)`` as JSON to ``path`` (a ``.json`` file) or to
     ``path/config.json`` (a work directory, created if needed); returns the file's path."""

@@ -158,16 +158,14 @@ def train_and_evaluate(
     #      from the beginning of the seed's first epoch;
     #   3. rows of metrics.jsonl (and TensorBoard events) after the restored step are dropped.
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
-        every=int(config.train.checkpoint_every),
-        keep=int(config.train.keep_checkpoints),
+        os.path.join(workdir, "checkpoints"), keep=int(config.train.keep_checkpoints)
     )
     iterator = iter(task.train_pipeline())
     if checkpointer.latest_step() is not None:
         state, data_state, start_step = checkpointer.restore(setup.abstract_state)
         iterator.set_state(data_state)
     else:
-        state, _ = sharded_init(setup.init_state, mesh, setup.rng)
+        state, _ = sharded_init(setup.init_state, mesh, setup.rng, shardings=setup.state_shardings)
         start_step = 0
 
     compiled, flops = setup.compile_step()
@@ -191,7 +189,7 @@ def train_and_evaluate(
             state, step = loop.run(state, start_step, stop)
             if step == total_steps:
                 eval_row = loop.evaluate(state, step, progress)
-        checkpointer.save(step, state, iterator.get_state(), force=True)
+        checkpointer.save(step, state, iterator.get_state())
         checkpointer.wait()
     finally:
         checkpointer.close()
@@ -242,7 +240,10 @@ class _Loop:
             pending = (step, metrics)
             checkpoint_due = step % int(train.checkpoint_every) == 0
             eval_due = step % int(train.eval_every) == 0 and step < total_steps
-            stopping = stop.requested or self.checkpointer.reached_preemption(step)
+            if jax.process_count() > 1:  # every process asks at every step (jax's sync point)
+                stopping = self.checkpointer.reached_preemption(step)
+            else:
+                stopping = bool(stop.requested)
             if not (checkpoint_due or eval_due or stopping):
                 continue
             self.finish_step(*pending)
@@ -250,7 +251,7 @@ class _Loop:
             if eval_due:
                 self.evaluate(state, step, None)
             if checkpoint_due or stopping:
-                self.checkpointer.save(step, state, self.iterator.get_state(), force=True)
+                self.checkpointer.save(step, state, self.iterator.get_state())
             if stopping:
                 self.checkpointer.wait()
                 reason = stop.requested or "a preemption notice"
@@ -277,8 +278,11 @@ class _Loop:
         if step % int(self.config.train.log_every) and step != int(self.config.train.steps):
             self.writer.advance(step)
             return
+        # The rate this step's update used (or would have): skipped updates do not advance
+        # the optimizer's count, so it is the number of applied updates before this one.
+        applied = step - 1 - (int(metrics["nonfinite_total"]) - int(metrics["skipped"]))
         row = self.writer.write(
-            step, {**metrics, "lr": self.schedule(step - 1), **self.throughput.report()}
+            step, {**metrics, "lr": self.schedule(applied), **self.throughput.report()}
         )
         shown = {"loss": f"{loss:.5g}"}
         if "examples_per_s" in row:
@@ -306,12 +310,12 @@ def evaluate_workdir(workdir: str | os.PathLike, *, progress: bool | None = None
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a jaxalign run")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    config.evals.templates = tuple(config.evals.templates)
+    config = config_lib.load_json(path)
     setup = _setup(config, None)
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), every=1, keep=int(config.train.keep_checkpoints)
+        os.path.join(workdir, "checkpoints"),
+        keep=int(config.train.keep_checkpoints),
+        read_only=True,  # the run may still be writing there
     )
     try:
         state, _, step = checkpointer.restore(setup.abstract_state)

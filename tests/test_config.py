@@ -380,3 +380,13 @@ def test_save_writes_json_that_round_trips(preset: str, tmp_path: pathlib.Path):
 def test_real_presets_keep_their_patch_size():
     for preset in REAL:
         assert dict(_load(preset).model.image) == {}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_saved_config_loads_back_equal_and_valid(preset: str, tmp_path: pathlib.Path):
+    overrides = ["model.image.channels=(8, 16)"] if preset in ("demo", "siglip_demo") else []
+    config = _load(preset, overrides)
+    back = config_lib.load_json(config_lib.save(config, tmp_path))
+    assert back.to_dict() == config.to_dict()
+    assert isinstance(back.evals.templates, tuple)
+    config_lib.validate(back, 8, check_data=False)

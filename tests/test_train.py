@@ -179,7 +179,9 @@ def test_one_device_equals_eight(data_dir, tmp_path):
     )
 
 
-def test_the_step_compiles_once(data_dir, tmp_path, monkeypatch):
+def test_the_step_is_traced_once_per_run(data_dir, tmp_path, monkeypatch):
+    """Six steps with a checkpoint and an eval in between: one trace (a trainer that called a
+    jitted step whose arguments changed type or sharding along the way would show more)."""
     traces = []
     make_grad_fn = ClipTask.make_grad_fn
 
@@ -232,6 +234,8 @@ def test_a_nan_batch_is_skipped_and_counted(data_dir, tmp_path, monkeypatch):
     rows = {row["step"]: row for row in read_metrics(tmp_path) if "loss" in row}
     assert rows[3]["skipped"] == 1 and not np.isfinite(float(rows[3]["loss"]))
     assert all(rows[s]["skipped"] == 0 and np.isfinite(rows[s]["loss"]) for s in (1, 2, 4, 5))
+    # The skipped update did not advance the schedule: step 4 gets the rate step 3 would have.
+    assert rows[4]["lr"] == rows[3]["lr"] != rows[2]["lr"]
 
 
 def test_too_many_nonfinite_updates_stop_the_run(data_dir, tmp_path, monkeypatch):
@@ -261,7 +265,7 @@ def test_a_bad_config_fails_before_compiling_and_names_the_key(
     ]
     assert train.main([*args, override]) == 2
     assert expected in capsys.readouterr().err
-    assert not (tmp_path / "metrics.jsonl").exists()
+    assert not (tmp_path / "config.json").exists()  # written only once the config passed
 
 
 def test_a_missing_dataset_names_the_key(tmp_path, capsys):
@@ -283,6 +287,19 @@ def test_a_missing_eval_split_names_the_key(data_dir, tmp_path, capsys):
     assert "config.evals.retrieval_split='dev'" in capsys.readouterr().err
 
 
+def test_running_a_finished_run_again_evaluates_again(uninterrupted, data_dir, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "again"
+    shutil.copytree(uninterrupted[0], workdir)
+    again = _run_child(workdir, _overrides(data_dir, **RESUME))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from checkpoint 8" in again.stdout
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))
+    assert [r["step"] for r in rows if "eval/i2t_R@1" in r] == [8]  # replaced, not doubled
+
+
 def test_eval_command_reruns_the_evals_from_the_newest_checkpoint(uninterrupted, capsys):
     from jaxalign import cli
 
@@ -295,3 +312,66 @@ def test_eval_command_reruns_the_evals_from_the_newest_checkpoint(uninterrupted,
         if key.startswith("eval/"):
             assert printed[key] == pytest.approx(value, abs=1e-6), key
     assert json.loads((workdir / "eval.json").read_text()) == printed
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_equal_one(data_dir, tmp_path):
+    """Two processes of 4 CPU devices each (jax.distributed, gloo) train the same run as one
+    process of 8 devices: same losses, same eval figures, one set of files, a checkpoint that
+    holds both processes' data positions."""
+    overrides = {
+        "train.steps": 4,
+        "train.log_every": 1,
+        "train.checkpoint_every": 2,
+        "train.eval_every": 4,
+    }
+    port = _free_port()
+    code = textwrap.dedent(
+        f"""
+        import sys, jax
+        jax.distributed.initialize("127.0.0.1:{port}", num_processes=2, process_id=int(sys.argv[1]))
+        from jaxalign import train
+        sys.exit(train.main(sys.argv[2:]))
+        """
+    )
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
+    args = [f"--config={CONFIG}:tiny", f"--workdir={tmp_path / 'two'}"]
+    args += _overrides(data_dir, **overrides)
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(i), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    outputs = [child.communicate(timeout=300) for child in children]
+    for child, (_, err) in zip(children, outputs, strict=True):
+        assert child.returncode == 0, err[-3000:]
+    one = train.train_and_evaluate(_load(data_dir, **overrides), tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    np.testing.assert_allclose(
+        [_losses(tmp_path / "two")[s] for s in range(1, 5)],
+        [_losses(tmp_path / "one")[s] for s in range(1, 5)],
+        rtol=1e-5,
+    )
+    for key, value in one.items():
+        if key.startswith("eval/"):
+            assert two[key] == pytest.approx(value, abs=1e-6), key
+    env_json = json.loads((tmp_path / "two" / "env.json").read_text())
+    assert env_json["process_count"] == 2 and env_json["device_count"] == 8
+    data = json.loads((tmp_path / "two" / "checkpoints" / "4" / "data" / "metadata").read_text())
+    assert sorted(data) == ["process_0", "process_1"]

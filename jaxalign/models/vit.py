@@ -4,10 +4,7 @@
 of named intermediates. Pooling: the class token ("cls", CLIP), the mean of the patch tokens
 ("mean") or multi-head attention pooling ("map", SigLIP). Position embeddings: learned ("learn")
 or fixed 2-D sin-cos ("sincos2d"). ``ln_pre`` adds the LayerNorm CLIP applies before the
-encoder. Patch embedding: one ``patch x patch`` strided convolution ("patch") or a stack of 3x3
-stride-2 convolutions down to the same grid ("conv", Xiao et al. 2021, "Early Convolutions Help
-Transformers See Better"), which sees small objects at any offset within a patch. Sizes:
-``VARIANTS`` / ``decode_variant("B/16")``.
+encoder. Sizes: ``VARIANTS`` / ``decode_variant("B/16")``.
 """
 
 from __future__ import annotations
@@ -51,58 +48,6 @@ def decode_variant(variant: str) -> dict[str, int]:
     )
 
 
-class ConvStem(nn.Module):
-    """``[batch, H, W, C] -> [batch, H / patch, W / patch, width]``: ``log2(patch)`` 3x3
-    stride-2 convolutions, each followed by a LayerNorm over channels and a ReLU, doubling the
-    channels up to ``width / 2``, then a 1x1 convolution to ``width``."""
-
-    patch_size: int
-    width: int
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        stages = self.patch_size.bit_length() - 1
-        if self.patch_size < 2 or 2**stages != self.patch_size:
-            raise ValueError(
-                f"ViT stem='conv' needs a power-of-two patch_size, got {self.patch_size}"
-            )
-        for i in range(stages):
-            channels = max(self.width >> (stages - i), 8)
-            x = nn.Conv(
-                channels,
-                (3, 3),
-                strides=(2, 2),
-                padding="SAME",
-                use_bias=False,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=nn.with_logical_partitioning(
-                    nn.initializers.he_normal(), (None, None, "channels", "conv_out")
-                ),
-                name=f"conv{i}",
-            )(x)
-            x = nn.LayerNorm(
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("conv_out",)),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
-                name=f"norm{i}",
-            )(x)
-            x = nn.relu(x)
-        return nn.Conv(
-            self.width,
-            (1, 1),
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), (None, None, "channels", "embed")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-            name="project",
-        )(x)
-
-
 class ViT(nn.Module):
     """``[batch, H, W, C] -> ([batch, width], intermediates)``.
 
@@ -119,7 +64,6 @@ class ViT(nn.Module):
     num_heads: int = 12
     pool: str = "cls"
     posemb: str = "learn"
-    stem: str = "patch"
     ln_pre: bool = False
     patch_bias: bool = True
     act: str = "gelu"
@@ -144,26 +88,21 @@ class ViT(nn.Module):
             raise ValueError(f"ViT.pool must be 'cls', 'mean' or 'map', got {self.pool!r}")
         if self.posemb not in ("learn", "sincos2d"):
             raise ValueError(f"ViT.posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
-        if self.stem not in ("patch", "conv"):
-            raise ValueError(f"ViT.stem must be 'patch' or 'conv', got {self.stem!r}")
         out: dict[str, jax.Array] = {}
-        if self.stem == "conv":
-            x = ConvStem(p, self.width, self.dtype, name="stem")(images.astype(self.dtype))
-        else:
-            x = nn.Conv(
-                self.width,
-                (p, p),
-                strides=(p, p),
-                padding="VALID",
-                use_bias=self.patch_bias,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                kernel_init=nn.with_logical_partitioning(
-                    nn.initializers.lecun_normal(), (None, None, "channels", "embed")
-                ),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
-                name="embedding",
-            )(images.astype(self.dtype))
+        x = nn.Conv(
+            self.width,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            use_bias=self.patch_bias,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), (None, None, "channels", "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
+            name="embedding",
+        )(images.astype(self.dtype))
         batch, grid_h, grid_w, _ = x.shape
         x = x.reshape(batch, grid_h * grid_w, self.width)
         out["patches"] = x

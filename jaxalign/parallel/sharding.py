@@ -119,15 +119,21 @@ def abstract_init(
 
 
 def sharded_init(
-    init_fn: Callable[..., Any], mesh: Mesh, *args: Any, rules=LOGICAL_RULES
+    init_fn: Callable[..., Any],
+    mesh: Mesh,
+    *args: Any,
+    rules=LOGICAL_RULES,
+    shardings: Any = None,
 ) -> tuple[Any, Any]:
     """Runs ``init_fn(*args)`` (e.g. ``model.init``) so that every parameter is created already
     sharded: shapes come from ``jax.eval_shape``, then the init is jitted with out shardings, so
-    nothing full-size is ever built on one device.
+    nothing full-size is ever built on one device. ``shardings`` (from ``abstract_init``) saves
+    tracing ``init_fn`` a second time.
 
     Returns ``(variables, shardings)``, both unboxed (plain arrays / ``NamedSharding``s).
     """
-    _, shardings = abstract_init(init_fn, mesh, *args, rules=rules)
+    if shardings is None:
+        _, shardings = abstract_init(init_fn, mesh, *args, rules=rules)
 
     def init_unboxed(*args):
         # Plain values; the layout comes from out_shardings (flax's own unbox would add

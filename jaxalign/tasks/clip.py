@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxalign import evals, models, objectives
 from jaxalign.config import ConfigError
@@ -268,13 +268,19 @@ class ClipTask:
 
         return jax.jit(embed)
 
-    @functools.cached_property
-    def _encode_text_fn(self):
-        def encode_text(params, ids, mask):
-            text, _ = self.model.apply({"params": params}, ids, mask, method="encode_text")
-            return text
+    def _encode_text_fn(self, mesh: Mesh):
+        """``(params, ids [b, L], mask [b, L]) -> [b, embed]``, jitted once per mesh, with the
+        output replicated: every process reads the whole of it (class prompts are the same on
+        all processes)."""
+        cache = self.__dict__.setdefault("_encode_text_fns", {})
+        if mesh not in cache:
 
-        return jax.jit(encode_text)
+            def encode_text(params, ids, mask):
+                text, _ = self.model.apply({"params": params}, ids, mask, method="encode_text")
+                return text
+
+            cache[mesh] = jax.jit(encode_text, out_shardings=NamedSharding(mesh, PartitionSpec()))
+        return cache[mesh]
 
     def evaluate(self, params: Any, mesh: Mesh, *, progress: bool = False) -> dict[str, float]:
         """Zero-shot top-1 / top-5 on ``evals.zeroshot_split`` (and its chance rate) and
@@ -286,7 +292,7 @@ class ClipTask:
             out = self._embed_split(params, mesh, ev.zeroshot_split, "zeroshot", progress)
             with activation_context(mesh):
                 classes = evals.class_text_embeddings(
-                    lambda ids, mask: self._encode_text_fn(params, ids, mask),
+                    functools.partial(self._encode_text_fn(mesh), params),
                     self.tokenizer.encode_batch,
                     self.class_names(ev.zeroshot_split),
                     tuple(ev.templates),

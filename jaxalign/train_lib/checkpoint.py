@@ -47,19 +47,26 @@ class Checkpointer:
 
     Args:
       directory: where step directories go (``workdir/checkpoints``).
-      every: save when the step is a multiple of this (``save(..., force=True)`` saves anyway).
       keep: how many of the newest checkpoints to keep.
       asynchronous: write in the background (the default); ``False`` blocks in ``save``.
+      read_only: only restore (``jaxalign eval``): creates and deletes nothing, so it can
+        read the directory of a run that is still writing to it.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, every: int, keep: int, asynchronous=True):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int,
+        asynchronous: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = os.fspath(directory)
-        self.every = every
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=1,  # the interval is checked here, so forced saves go through
             max_to_keep=keep,
-            create=True,
-            cleanup_tmp_directories=True,  # what a killed save left behind
+            create=not read_only,
+            read_only=read_only,
+            cleanup_tmp_directories=not read_only,  # what a killed save left behind
             enable_async_checkpointing=asynchronous,
         )
         self._manager = ocp.CheckpointManager(
@@ -70,14 +77,12 @@ class Checkpointer:
         """The newest complete checkpoint's step, or None."""
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, data_state: Any, *, force: bool = False) -> bool:
-        """Saves at ``step`` if it is a multiple of ``every`` (or ``force``); True if saved.
+    def save(self, step: int, state: Any, data_state: Any) -> bool:
+        """Saves ``(state, data_state)`` as checkpoint ``step``; False if it is already there.
 
         ``data_state`` is this process's iterator state (``iterator.get_state()``); every
         process must call ``save`` at the same steps.
         """
-        if not force and step % self.every:
-            return False
         if step in self._manager.all_steps():
             return False
         data = {f"process_{i}": s for i, s in enumerate(_gather_json(data_state))}
@@ -122,9 +127,10 @@ class Checkpointer:
         return restored[STATE], data[key], step
 
     def reached_preemption(self, step: int) -> bool:
-        """Multi-host: whether every process has agreed to stop at ``step`` (jax's preemption
-        sync point; always False on one process, where the signal handler decides)."""
-        return jax.process_count() > 1 and self._manager.reached_preemption(step)
+        """Whether all processes agreed to stop at ``step`` after a preemption notice (jax's
+        preemption sync point, which ``jax.distributed.initialize`` sets up for SIGTERM). Every
+        process must call it at every step."""
+        return self._manager.reached_preemption(step)
 
     def wait(self) -> None:
         """Blocks until the background writes are done."""

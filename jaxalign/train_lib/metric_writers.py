@@ -36,17 +36,34 @@ def _plain(value: Any) -> Any:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of ``workdir/metrics.jsonl`` ([] when there is none)."""
+    """The rows of ``workdir/metrics.jsonl`` ([] when there is none). A last line cut short by
+    a crash is left out; a bad line anywhere else raises, naming the file and line."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # the write the crash interrupted
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON row ({error})") from None
+    return rows
 
 
 def truncate_after(workdir: str | os.PathLike, step: int, *, evals_at_step: bool = False) -> int:
     """Drops the rows of ``metrics.jsonl`` logged after ``step`` (and, with ``evals_at_step``,
-    the eval rows of ``step`` itself, about to be written again); returns how many went."""
+    the eval rows of ``step`` itself, about to be written again); returns how many went. The
+    file is rewritten (without a torn last line) whenever it is not already exactly the kept
+    rows."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
     rows = read_metrics(workdir)
     kept = [
         row
@@ -54,12 +71,11 @@ def truncate_after(workdir: str | os.PathLike, step: int, *, evals_at_step: bool
         if row["step"] < step
         or (row["step"] == step and not (evals_at_step and any(k.startswith("eval/") for k in row)))
     ]
-    if len(kept) != len(rows):
-        path = os.path.join(workdir, METRICS_FILE)
+    if len(kept) != len(lines):
         with open(path + ".tmp", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in kept)
         os.replace(path + ".tmp", path)
-    return len(rows) - len(kept)
+    return len(lines) - len(kept)
 
 
 class MetricWriter:
@@ -90,14 +106,15 @@ class MetricWriter:
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        if start_step:
-            truncate_after(workdir, start_step, evals_at_step=start_step == total_steps)
+        # Rows after the starting point (all of them when a run killed before its first
+        # checkpoint starts again) were logged by a run that did not reach a checkpoint.
+        truncate_after(workdir, start_step, evals_at_step=start_step == total_steps)
         self._file = open(os.path.join(workdir, METRICS_FILE), "a")  # noqa: SIM115
 
         from tensorboardX import SummaryWriter
 
         self._tensorboard = SummaryWriter(
-            os.path.join(workdir, "tensorboard"), purge_step=start_step + 1 if start_step else None
+            os.path.join(workdir, "tensorboard"), purge_step=start_step + 1
         )
         show = sys.stderr.isatty() if progress is None else progress
         self._bar = tqdm(

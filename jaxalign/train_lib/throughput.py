@@ -65,8 +65,9 @@ class Throughput:
         """Starts a new interval now (after compiling, evaluating or checkpointing)."""
         self._start, self._steps = time.perf_counter(), 0
 
-    def count(self, steps: int = 1) -> None:
-        self._steps += steps
+    def count(self) -> None:
+        """One more step finished."""
+        self._steps += 1
 
     def report(self) -> dict[str, float]:
         """The interval's figures, then a new interval. Empty when no step was counted."""

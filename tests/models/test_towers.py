@@ -120,25 +120,12 @@ def test_conv_net_shapes_and_errors():
 def _tower(kind, remat):
     if kind == "vit":
         return ViT(**SMALL_VIT, remat=remat), _images()
-    if kind == "vit_conv_stem":
-        return ViT(**SMALL_VIT, stem="conv", remat=remat), _images()
     if kind == "cnn":
         return ConvNet(channels=(8, 16), features=32, kernel_size=3, remat=remat), _images()
     return TextTransformer(**SMALL_TEXT, remat=remat), _ids()
 
 
-def test_conv_stem_reaches_the_patch_grid():
-    model = ViT(**{**SMALL_VIT, "patch_size": 8}, stem="conv")
-    images = _images(size=32)
-    pooled, out = model.apply(_init(model, images), images)
-    assert pooled.shape == (3, 32) and out["patches"].shape == (3, 16, 32)
-    with pytest.raises(ValueError, match="power-of-two patch_size, got 6"):
-        ViT(**{**SMALL_VIT, "patch_size": 6}, stem="conv").init(KEY, _images(size=36))
-    with pytest.raises(ValueError, match="stem must be 'patch' or 'conv'"):
-        ViT(**SMALL_VIT, stem="hybrid").init(KEY, _images())
-
-
-@pytest.mark.parametrize("kind", ["vit", "vit_conv_stem", "cnn", "text"])
+@pytest.mark.parametrize("kind", ["vit", "cnn", "text"])
 @pytest.mark.parametrize("remat", ["full", "dots", "dots_no_batch"])
 def test_remat_changes_neither_outputs_nor_gradients(kind, remat):
     plain, x = _tower(kind, "none")

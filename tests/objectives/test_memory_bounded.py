@@ -108,11 +108,14 @@ def _logit_blocks_larger_than(tile, shapes):
     return [s for s in blocks if max(s) > tile]
 
 
-def test_ring_sends_blocks_with_ppermute_not_all_gather():
-    mesh = mesh_named("8")
-    fn = jax.grad(lambda a, b: objectives.clip_loss(a, b, 2.0, mesh=mesh, impl="ring", tile=4))
-    names = {eqn.primitive.name for eqn in traced_program.equations(fn, *_inputs())}
+def test_ring_sends_tile_sized_chunks_with_ppermute_not_all_gather():
+    mesh = mesh_named("8")  # 4 rows per device, sent 2 at a time
+    fn = jax.grad(lambda a, b: objectives.clip_loss(a, b, 2.0, mesh=mesh, impl="ring", tile=2))
+    eqns = list(traced_program.equations(fn, *_inputs()))
+    names = {eqn.primitive.name for eqn in eqns}
     assert "ppermute" in names and "all_gather" not in names
+    sent = {tuple(v.aval.shape) for e in eqns if e.primitive.name == "ppermute" for v in e.invars}
+    assert sent == {(2, DIM)}  # chunks and their gradient accumulators, never a whole block
 
 
 def test_bfloat16_inputs_keep_float32_logits():

@@ -1,5 +1,5 @@
 """Checkpoints: a sharded state and the data positions round-trip exactly; only complete
-checkpoints count; the interval, forced saves and ``keep``."""
+checkpoints count; ``keep``; a read-only checkpointer touches nothing."""
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +29,8 @@ def _abstract(state):
 def test_round_trip_keeps_values_shardings_and_data_position(tmp_path):
     mesh = make_mesh({"fsdp": -1})
     state = _state(mesh)
-    checkpointer = Checkpointer(tmp_path, every=2, keep=2)
+    checkpointer = Checkpointer(tmp_path, keep=2)
     assert checkpointer.latest_step() is None
-    assert not checkpointer.save(3, state, {"position": 3})  # not a multiple of 2
     assert checkpointer.save(4, state, {"position": 4, "epoch": 0})
     checkpointer.wait()
     restored, data, step = checkpointer.restore(_abstract(state))
@@ -43,19 +42,24 @@ def test_round_trip_keeps_values_shardings_and_data_position(tmp_path):
     assert restored["weights"].sharding.spec == PartitionSpec("fsdp")
 
 
-def test_keep_forced_saves_and_incomplete_directories(tmp_path):
+def test_keep_and_incomplete_directories(tmp_path):
     mesh = make_mesh({"data": -1})
-    checkpointer = Checkpointer(tmp_path, every=10, keep=2)
+    checkpointer = Checkpointer(tmp_path, keep=2)
     for step in (10, 20, 25):
-        assert checkpointer.save(step, _state(mesh, step), {"position": step}, force=step == 25)
-    assert not checkpointer.save(25, _state(mesh), {"position": 0}, force=True)  # already there
+        assert checkpointer.save(step, _state(mesh, step), {"position": step})
+    assert not checkpointer.save(25, _state(mesh), {"position": 0})  # already there
     checkpointer.wait()
     checkpointer.close()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["20", "25"]
     # A save killed half way leaves orbax's temporary directory, never a step directory.
-    (tmp_path / "30.orbax-checkpoint-tmp-99").mkdir()
-    (tmp_path / "30.orbax-checkpoint-tmp-99" / "junk").write_text("partial")
-    reopened = Checkpointer(tmp_path, every=10, keep=2)
+    partial = tmp_path / "30.orbax-checkpoint-tmp-99"
+    partial.mkdir()
+    (partial / "junk").write_text("partial")
+    reader = Checkpointer(tmp_path, keep=2, read_only=True)  # e.g. `jaxalign eval` mid-run
+    assert reader.latest_step() == 25
+    reader.close()
+    assert partial.is_dir()  # a read-only checkpointer deletes nothing
+    reopened = Checkpointer(tmp_path, keep=2)
     assert reopened.latest_step() == 25
     state, data, step = reopened.restore(_abstract(_state(mesh)))
     assert step == 25 and data == {"position": 25}
@@ -66,7 +70,7 @@ def test_keep_forced_saves_and_incomplete_directories(tmp_path):
 
 
 def test_restore_from_an_empty_directory_names_it(tmp_path):
-    checkpointer = Checkpointer(tmp_path / "ckpt", every=1, keep=1)
+    checkpointer = Checkpointer(tmp_path / "ckpt", keep=1)
     with pytest.raises(FileNotFoundError, match="no complete checkpoint in"):
         checkpointer.restore({})
     checkpointer.close()

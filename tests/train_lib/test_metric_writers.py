@@ -34,6 +34,25 @@ def test_resume_drops_rows_after_the_checkpoint(tmp_path):
     assert [(r["step"], r.get("loss")) for r in rows] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_its_rows_again(tmp_path):
+    writer = MetricWriter(tmp_path, total_steps=4, start_step=0, progress=False)
+    writer.write(1, {"loss": 1.0})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "lo')  # the row the kill cut short
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 1.0}]
+    again = MetricWriter(tmp_path, total_steps=4, start_step=0, progress=False)
+    again.write(1, {"loss": 1.0})
+    again.close()
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 1.0}]
+
+
+def test_a_bad_line_before_the_last_is_an_error(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2: not a JSON row"):
+        read_metrics(tmp_path)
+
+
 def test_a_finished_run_run_again_replaces_its_final_eval_row(tmp_path):
     writer = MetricWriter(tmp_path, total_steps=2, start_step=0, progress=False)
     writer.write(2, {"loss": 1.0})
@@ -57,7 +76,8 @@ def test_step_flops_of_a_matmul_and_utilisation():
     assert throughput.step_flops(compiled) == pytest.approx(2 * 64 * 32 * 16, rel=0.01)
     meter = throughput.Throughput(examples_per_step=8, flops_per_step=1e9, peak=1e12)
     assert meter.report() == {}
-    meter.count(4)
+    for _ in range(4):
+        meter.count()
     report = meter.report()
     assert report["examples_per_s"] == pytest.approx(8 * report["steps_per_s"])
     assert report["mfu"] == pytest.approx(report["flops_per_s_per_device"] / 1e12)
