@@ -180,9 +180,16 @@ def train_and_evaluate(
         + (f"; {flops / 1e9:.4g} GFLOP per device per step" if flops else "")
     )
     loop = _Loop(
-        config, task, mesh, compiled, setup.schedule, iterator, checkpointer, writer,
-        Throughput(batch_size, flops, peak),
-    )  # fmt: skip
+        config=config,
+        task=task,
+        mesh=mesh,
+        compiled=compiled,
+        schedule=setup.schedule,
+        iterator=iterator,
+        checkpointer=checkpointer,
+        writer=writer,
+        throughput=Throughput(batch_size, flops, peak),
+    )
     eval_row: dict[str, Any] = {}
     try:
         with StopSignal() as stop:
