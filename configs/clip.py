@@ -38,10 +38,15 @@ Presets (``--config=configs/clip.py:<preset>``; no preset = ``demo``):
 Any key can be overridden with ``--config.KEY=VALUE`` (``jaxalign.config.load``); the config is
 checked by ``jaxalign.config.validate`` before anything compiles.
 
-Keys (every preset has all of them; ``jaxalign.config.SCHEMAS["clip"]`` gives types and ranges):
+Keys (every preset has all of them; ``jaxalign.tasks.clip.ClipConfig`` and the groups of
+``jaxalign.schema`` give their types, ranges and rules):
 
-- ``seed``: the run's seed (data order, augmentation, init), in ``[0, 2**32)``.
+- ``seed``: the run's seed (data order, augmentation, init, the step's random key), in
+  ``[0, 2**32)``.
 - ``task``: ``"clip"``.
+- ``init_from``: start from a saved run's parameters: ``workdir`` (``""``: off), ``step``
+  (``None``: its newest checkpoint), ``params`` (``"SOURCE->TARGET"`` subtree paths; empty:
+  all, same names). See ``jaxalign.schema.InitFromConfig``.
 - ``model``: ``preset`` (a ``jaxalign.models.PRESETS`` name), ``dtype`` (compute dtype:
   ``float32`` | ``bfloat16``; parameters stay float32), ``remat`` (``none`` | ``full`` | ``dots``
   | ``dots_no_batch``), ``logit_scale_init`` (log of the inverse temperature), ``logit_bias_init``
@@ -59,7 +64,8 @@ Keys (every preset has all of them; ``jaxalign.config.SCHEMAS["clip"]`` gives ty
 - ``optim``: AdamW ``lr``, ``b1``, ``b2``, ``eps``, ``weight_decay``; ``warmup_steps`` of linear
   warmup then cosine decay to ``lr * min_lr_ratio``; ``clip_norm`` (global-norm clipping, 0: off);
   ``micro_batches`` (cached-gradient accumulation, 1: off); ``max_nonfinite_in_a_row`` (skipped
-  non-finite updates in a row before the run stops).
+  non-finite updates in a row before the run stops); ``ema_decay`` (a moving average of the
+  parameters, which the evals then use; 0: off).
 - ``train``: ``global_batch_size`` (over all devices and hosts), ``steps``, ``log_every``,
   ``checkpoint_every``, ``keep_checkpoints``, ``eval_every`` (the last step also checkpoints and
   evaluates).
@@ -78,6 +84,7 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
+from jaxalign import config as config_lib
 from jaxalign.data.builtin import shapes_captions
 
 PRESETS: tuple[str, ...] = ("demo", "tiny", "siglip_demo", "vit_b32", "vit_b16", "vit_l14")
@@ -98,6 +105,7 @@ def base() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.task = "clip"
+    config.init_from = config_lib.init_from_off()
 
     config.model = ml_collections.ConfigDict()
     config.model.preset = "tiny-cnn"
@@ -139,6 +147,7 @@ def base() -> ml_collections.ConfigDict:
     config.optim.clip_norm = 1.0
     config.optim.micro_batches = 1
     config.optim.max_nonfinite_in_a_row = 10
+    config.optim.ema_decay = 0.0
 
     config.train = ml_collections.ConfigDict()
     config.train.global_batch_size = 128

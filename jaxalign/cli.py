@@ -1,8 +1,12 @@
-"""The ``jaxalign`` command: subcommands over the library's entry points.
+"""The ``jaxalign`` command (also ``python -m jaxalign``): subcommands over the library's entry
+points. The only module that reads ``sys.argv``.
 
 jaxalign train --config=configs/clip.py:demo --workdir=runs/demo [--config.KEY=VALUE ...]
 jaxalign eval --workdir=runs/demo   # the run's evals again, from its newest checkpoint
 jaxalign env                        # versions, devices, processes and commit, as JSON
+
+Exit status: 0 done; 2 a bad command line, config or missing data (one line naming the key); 1
+a diverged run; 143 stopped by SIGTERM / Ctrl-C after saving (run the same command to resume).
 """
 
 from __future__ import annotations
@@ -15,20 +19,42 @@ from collections.abc import Sequence
 from jaxalign import __version__
 
 
-def _env(_: argparse.Namespace) -> int:
+def _env(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from jaxalign import environment  # imports jax: keep `jaxalign --help` fast
 
     print(json.dumps(environment.describe(), indent=2))
     return 0
 
 
-def _train(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
+def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    bad = [o for o in overrides if not o.startswith("--config.")]
+    if bad:
+        print(f"unknown arguments {bad}; overrides are --config.KEY=VALUE", file=sys.stderr)
+        return 2
+    import jax
+
+    from jaxalign import config as config_lib
     from jaxalign import train
 
-    return train.run(args, overrides)
+    if args.distributed:
+        jax.distributed.initialize()
+    try:
+        config = config_lib.load(args.config, overrides)
+        summary = train.train_and_evaluate(config, args.workdir, progress=args.progress)
+    except (config_lib.ConfigError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except train.TrainingDivergedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except train.Preempted as stop:
+        print(f"{stop}; run the same command again to resume", file=sys.stderr)
+        return train.PREEMPTED_EXIT_CODE
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _eval(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from jaxalign import config as config_lib
     from jaxalign import train
 
@@ -53,41 +79,33 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a config in a work directory (resumes there); --config.KEY=VALUE overrides",
     )
-    add_train_arguments(train)
-    train.set_defaults(run=_train, takes_overrides=True)
-    evaluate = commands.add_parser("eval", help="re-run a run's evals from its newest checkpoint")
-    evaluate.add_argument("--workdir", required=True)
-    evaluate.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
-    evaluate.set_defaults(run=_eval)
-    return parser
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The trainer's flags (shared by ``jaxalign train`` and ``python -m jaxalign.train``);
-    ``--config.KEY=VALUE`` overrides are the arguments left over."""
-    parser.add_argument("--config", required=True, help="file.py[:preset], e.g. configs/clip.py")
-    parser.add_argument("--workdir", required=True, help="the run's directory (resumes there)")
-    parser.add_argument(
+    train.add_argument("--config", required=True, help="file.py[:preset], e.g. configs/clip.py")
+    train.add_argument("--workdir", required=True, help="the run's directory (resumes there)")
+    train.add_argument(
         "--distributed",
         action="store_true",
         help="call jax.distributed.initialize() first (multi-host: TPU pods, SLURM, k8s)",
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: when stderr is a terminal)",
-    )
+    train.set_defaults(run=_train, takes_overrides=True)
+    evaluate = commands.add_parser("eval", help="re-run a run's evals from its newest checkpoint")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.set_defaults(run=_eval)
+    for command in (train, evaluate):
+        command.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="progress bar (default: when stderr is a terminal)",
+        )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
-    if getattr(args, "takes_overrides", False):
-        return args.run(args, extra)
-    if extra:
-        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    return args.run(args)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args.run(args, extra)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,21 @@
-"""The trainer: one loop for every task.
+"""The trainer: one loop for every task (library code; the command line is ``jaxalign.cli``).
 
-    python -m jaxalign.train --config=configs/clip.py:demo --workdir=runs/demo [--config.KEY=VALUE]
-    jaxalign train --config=configs/clip.py:demo --workdir=runs/demo
+    jaxalign train --config=configs/clip.py:demo --workdir=runs/demo [--config.KEY=VALUE ...]
+    python -m jaxalign.train ...   # the same
 
 Running the same command on the same work directory resumes from its newest complete
 checkpoint. What the work directory holds (``config.json``, ``env.json``, ``metrics.jsonl``,
-``summary.json``, ``checkpoints/``, ``tensorboard/``) is described in DESIGN.md.
+``summary.json``, ``checkpoints/``, ``tensorboard/``) is described in docs/architecture.md.
 
-``train_and_evaluate`` reads top to bottom: check the config, set up the mesh, the task and its
-data, the optimizer and the abstract state; restore or initialise; compile the step once; loop
-(log, evaluate, checkpoint, stop on a signal); evaluate and summarise at the end.
+``train_and_evaluate`` reads top to bottom: check the config (and that it is the run's own when
+resuming), set up the mesh, the task and its data, the optimizer and the abstract state;
+restore or initialise (from ``config.init_from`` when set); compile the step once; loop (log,
+evaluate, checkpoint, stop on a signal); evaluate and summarise at the end. Everything about a
+task goes through the ``jaxalign.tasks.Task`` protocol.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -24,35 +24,31 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
-import ml_collections
 import optax
 from jax.sharding import Mesh
 
 from jaxalign import config as config_lib
 from jaxalign import environment
-from jaxalign.cli import add_train_arguments
-from jaxalign.data import to_global_array
 from jaxalign.parallel import batch_sharding, make_mesh
 from jaxalign.parallel.mesh import describe_mesh
 from jaxalign.parallel.sharding import abstract_init, activation_context, sharded_init
-from jaxalign.tasks import get_task
+from jaxalign.schema import ConfigError, ExperimentConfig
+from jaxalign.tasks import Task, get_task
 from jaxalign.train_lib import TrainState, make_optimizer, make_train_step
 from jaxalign.train_lib.checkpoint import Checkpointer
+from jaxalign.train_lib.loop import Loop, Preempted, TrainingDivergedError
 from jaxalign.train_lib.metric_writers import MetricWriter
 from jaxalign.train_lib.preemption import PREEMPTED_EXIT_CODE, StopSignal
 from jaxalign.train_lib.throughput import Throughput, peak_flops, step_flops
+from jaxalign.train_lib.transfer import load_from_run
 
-
-class TrainingDivergedError(RuntimeError):
-    """Too many updates in a row had a non-finite loss or gradients."""
-
-
-class Preempted(Exception):
-    """The run stopped on SIGTERM / SIGINT after saving a checkpoint."""
-
-    def __init__(self, step: int, signal_name: str):
-        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint saved")
-        self.step = step
+__all__ = [
+    "PREEMPTED_EXIT_CODE",
+    "Preempted",
+    "TrainingDivergedError",
+    "evaluate_workdir",
+    "train_and_evaluate",
+]
 
 
 def _write_json(path: str, value: Any) -> None:
@@ -67,7 +63,7 @@ class _Setup(NamedTuple):
     """What a run is built from, before any state exists."""
 
     mesh: Mesh
-    task: Any
+    task: Task
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     init_state: Any  # rng -> TrainState (boxed, for sharded_init)
@@ -76,44 +72,71 @@ class _Setup(NamedTuple):
     state_shardings: Any
 
     def compile_step(self) -> tuple[Any, float | None]:
-        """The jitted step, compiled once for the batch's shapes (``.lower().compile()``), and
-        the FLOPs one device runs per step."""
+        """The jitted step, compiled once for the task's batch shapes (``.lower().compile()``
+        on ``jax.ShapeDtypeStruct``s: no batch is built), and the FLOPs one device runs per
+        step."""
         task, mesh = self.task, self.mesh
+        sharding = batch_sharding(mesh)
         step = make_train_step(
-            task.make_grad_fn(mesh), self.tx, self.state_shardings, batch_sharding(mesh)
+            task.loss_and_grad,
+            self.tx,
+            seed=task.config.seed,
+            ema_decay=task.config.optim.ema_decay,
+            state_shardings=self.state_shardings,
+            batch_sharding=sharding,
         )
-        examples = task.example_batch(int(task.config.train.global_batch_size))
-        abstract_batch = {
-            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(mesh))
-            for k, v in examples.items()
-        }
+        abstract_batch = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), task.batch_spec()
+        )
         with activation_context(mesh):
             compiled = step.lower(self.abstract_state, abstract_batch).compile()
         return compiled, step_flops(compiled)
 
 
-def _setup(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None) -> _Setup:
-    """Config checks (before anything compiles), mesh, task with its data, optimizer, and the
-    state's abstract shapes and shardings."""
-    devices = list(jax.devices() if devices is None else devices)
-    config_lib.validate(config, num_devices=len(devices))
+def _setup(config: ExperimentConfig, devices: Sequence[jax.Device]) -> _Setup:
+    """Mesh, task with its data, optimizer (with the task's parameter groups), and the state's
+    abstract shapes and shardings (``jax.eval_shape`` of the init: nothing is computed)."""
     mesh = make_mesh(dict(config.mesh), devices)
-    task = get_task(config)
+    task = get_task(config, mesh)
     task.prepare_data()
-    task.check_eval_data()
-    tx, schedule = make_optimizer(config.optim, int(config.train.steps))
-    batch = task.example_batch(int(config.train.global_batch_size))
+    tx, schedule = make_optimizer(config.optim, config.train.steps, task.param_groups())
+    ema = config.optim.ema_decay > 0
 
     def init_state(rng):
-        return TrainState.create(task.init(rng, batch)["params"], tx)
+        return TrainState.create(task.init(rng), tx, ema=ema)
 
-    rng = jax.random.key(int(config.seed))
+    rng = jax.random.key(config.seed)
     abstract_state, state_shardings = abstract_init(init_state, mesh, rng)
     return _Setup(mesh, task, tx, schedule, init_state, rng, abstract_state, state_shardings)
 
 
+def _resume_check(config: ExperimentConfig, workdir: str) -> tuple[bool, list[str]]:
+    """Checks ``config`` against the run's saved ``config.json``, if there is one.
+
+    Returns ``(whether to save the config, lines to log)``: the keys changed on resume (those
+    in ``config_lib.SAFE_ON_RESUME``). Raises ConfigError listing every other key that
+    differs, with both values; the saved config is then left as it was.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        return True, []
+    with open(path) as f:
+        saved = json.load(f)
+    problems = config_lib.resume_problems(saved, config)
+    if problems:
+        raise ConfigError(
+            f"{workdir} holds a run of another config ({path}); resume it with the same "
+            "config, or use a new work directory:\n  " + "\n  ".join(problems)
+        )
+    changed = [
+        f"config.{key}: {old!r} -> {new!r} (changed on resume)"
+        for key, old, new in config_lib.differences(saved, config)
+    ]
+    return bool(changed), changed
+
+
 def train_and_evaluate(
-    config: ml_collections.ConfigDict,
+    config: ExperimentConfig,
     workdir: str | os.PathLike,
     *,
     devices: Sequence[jax.Device] | None = None,
@@ -123,23 +146,25 @@ def train_and_evaluate(
     returns the summary (also written to ``workdir/summary.json``).
 
     Args:
-      config: a config from ``jaxalign.config.load``; validated here before compiling.
+      config: a typed config (``jaxalign.config.load``); checked here before compiling.
       workdir: the run's directory (created).
       devices: the devices of the mesh; all of them by default.
       progress: show a progress bar; ``None``: when stderr is a terminal.
 
     Raises:
-      ConfigError / MissingDataError: a bad config or missing data (names the key).
+      ConfigError / MissingDataError: a bad config, missing data, or a work directory that
+        holds a run of another config (naming the keys).
       TrainingDivergedError: ``optim.max_nonfinite_in_a_row`` skipped updates in a row.
       Preempted: SIGTERM or SIGINT arrived; a checkpoint of the last step was saved.
     """
     workdir = os.path.abspath(os.fspath(workdir))
     started = time.perf_counter()
+    devices = list(jax.devices() if devices is None else devices)
+    config_lib.validate(config, num_devices=len(devices))
+    os.makedirs(workdir, exist_ok=True)
+    save_config, notes = _resume_check(config, workdir)
     setup = _setup(config, devices)
     mesh, task = setup.mesh, setup.task
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        config_lib.save(config, workdir)
     peak = peak_flops(mesh.devices.flat[0].device_kind)
     _write_json(
         os.path.join(workdir, "env.json"),
@@ -154,22 +179,28 @@ def train_and_evaluate(
     # Resume order:
     #   1. the newest complete checkpoint in workdir/checkpoints gives the state (restored into
     #      this mesh's shardings) and this process's data-iterator position;
-    #   2. without one, the state is initialised from config.seed, sharded, and the data start
-    #      from the beginning of the seed's first epoch;
+    #   2. without one, the state is initialised from config.seed, sharded; then, with
+    #      config.init_from, the mapped parameters (and model state) of the saved run replace
+    #      their initial values; the data start from the beginning of the seed's first epoch;
     #   3. rows of metrics.jsonl (and TensorBoard events) after the restored step are dropped.
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=int(config.train.keep_checkpoints)
+        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
     )
-    iterator = iter(task.train_pipeline())
+    iterator = iter(task.train_stream())
     if checkpointer.latest_step() is not None:
         state, data_state, start_step = checkpointer.restore(setup.abstract_state)
         iterator.set_state(data_state)
     else:
         state, _ = sharded_init(setup.init_state, mesh, setup.rng, shardings=setup.state_shardings)
         start_step = 0
+        if config.init_from.workdir:
+            state, note = _transfer(config, state, setup)
+            notes.append(note)
 
     compiled, flops = setup.compile_step()
-    total_steps, batch_size = int(config.train.steps), int(config.train.global_batch_size)
+    if save_config and jax.process_index() == 0:  # the run starts: the config is its own now
+        config_lib.save(config, workdir)
+    total_steps, batch_size = config.train.steps, config.train.global_batch_size
     writer = MetricWriter(
         workdir, total_steps=total_steps, start_step=start_step, progress=progress
     )
@@ -179,7 +210,9 @@ def train_and_evaluate(
         + (f", resumed from checkpoint {start_step}" if start_step else "")
         + (f"; {flops / 1e9:.4g} GFLOP per device per step" if flops else "")
     )
-    loop = _Loop(
+    for note in notes:
+        writer.log(note)
+    loop = Loop(
         config=config,
         task=task,
         mesh=mesh,
@@ -213,156 +246,65 @@ def train_and_evaluate(
     return summary
 
 
-@dataclasses.dataclass
-class _Loop:
-    """The steps of one run, with what they log, evaluate and checkpoint."""
-
-    config: ml_collections.ConfigDict
-    task: Any
-    mesh: Mesh
-    compiled: Any  # state, batch -> state, metrics
-    schedule: Any  # optax learning-rate schedule
-    iterator: Any
-    checkpointer: Checkpointer
-    writer: MetricWriter
-    throughput: Throughput
-
-    def run(self, state: TrainState, start_step: int, stop: StopSignal) -> tuple[TrainState, int]:
-        """Steps ``start_step`` -> ``train.steps``; returns ``(state, last step)``.
-
-        One step stays in flight: step ``s + 1`` is dispatched before the metrics of step ``s``
-        are read back, which keeps the devices busy and bounds the work queued on them.
-        """
-        train = self.config.train
-        total_steps = int(train.steps)
-        pending: tuple[int, Any] | None = None
-        step = start_step
-        self.throughput.reset()
-        while step < total_steps:
-            batch = to_global_array(next(self.iterator), self.mesh)
-            state, metrics = self.compiled(state, batch)
-            step += 1
-            if pending is not None:
-                self.finish_step(*pending)
-            pending = (step, metrics)
-            checkpoint_due = step % int(train.checkpoint_every) == 0
-            eval_due = step % int(train.eval_every) == 0 and step < total_steps
-            if jax.process_count() > 1:  # every process asks at every step (jax's sync point)
-                stopping = self.checkpointer.reached_preemption(step)
-            else:
-                stopping = bool(stop.requested)
-            if not (checkpoint_due or eval_due or stopping):
-                continue
-            self.finish_step(*pending)
-            pending = None
-            if eval_due:
-                self.evaluate(state, step, None)
-            if checkpoint_due or stopping:
-                self.checkpointer.save(step, state, self.iterator.get_state())
-            if stopping:
-                self.checkpointer.wait()
-                reason = stop.requested or "a preemption notice"
-                self.writer.log(f"{reason}: saved checkpoint {step}; stopping")
-                raise Preempted(step, reason)
-            self.throughput.reset()  # evals and saves are not training time
-        if pending is not None:
-            self.finish_step(*pending)
-        return state, step
-
-    def finish_step(self, step: int, metrics: Any) -> None:
-        """Reads back step ``step``'s metrics: stops a diverged run, logs when due."""
-        metrics = jax.device_get(metrics)
-        self.throughput.count()
-        limit = int(self.config.optim.max_nonfinite_in_a_row)
-        in_a_row = int(metrics.pop("nonfinite_in_a_row"))
-        if in_a_row >= limit:
-            raise TrainingDivergedError(
-                f"step {step}: {in_a_row} updates in a row had a non-finite loss or gradients "
-                f"(config.optim.max_nonfinite_in_a_row={limit}); stopped. The newest "
-                "checkpoint is untouched; lower config.optim.lr or check the data."
-            )
-        loss = float(metrics["loss"])
-        if step % int(self.config.train.log_every) and step != int(self.config.train.steps):
-            self.writer.advance(step)
-            return
-        # The rate this step's update used (or would have): skipped updates do not advance
-        # the optimizer's count, so it is the number of applied updates before this one.
-        applied = step - 1 - (int(metrics["nonfinite_total"]) - int(metrics["skipped"]))
-        row = self.writer.write(
-            step, {**metrics, "lr": self.schedule(applied), **self.throughput.report()}
+def _transfer(config: ExperimentConfig, state: TrainState, setup: _Setup) -> tuple[TrainState, str]:
+    """``state`` with ``config.init_from``'s parameters (and their moving average)."""
+    params, model_state, note = load_from_run(
+        config.init_from, state.params, state.model_state, setup.abstract_state
+    )
+    ema = state.ema_params
+    if ema is not None:
+        ema = jax.tree.map(
+            lambda x, s: jax.device_put(x, s, may_alias=False),
+            params,
+            setup.state_shardings.ema_params,
         )
-        shown = {"loss": f"{loss:.5g}"}
-        if "examples_per_s" in row:
-            shown["examples/s"] = f"{row['examples_per_s']:.1f}"
-        self.writer.advance(step, shown)
-        self.writer.log(f"step {step}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
-
-    def evaluate(self, state: TrainState, step: int, progress: bool | None) -> dict[str, Any]:
-        """Runs the task's evals on ``state.params``; writes and returns the ``eval/`` row."""
-        started = time.perf_counter()
-        results = self.task.evaluate(state.params, self.mesh, progress=bool(progress))
-        row = {f"eval/{k}": v for k, v in results.items()}
-        if row:
-            self.writer.write(step, row)
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in results.items() if "chance" not in k)
-            seconds = time.perf_counter() - started
-            self.writer.log(f"eval at step {step} ({seconds:.1f} s): {shown}")
-        return row
+    return state.replace(params=params, model_state=model_state, ema_params=ema), note
 
 
 def evaluate_workdir(workdir: str | os.PathLike, *, progress: bool | None = None) -> dict:
-    """Re-runs the task's evals from the newest checkpoint of a run; returns the metrics (also
-    written to ``workdir/eval.json``)."""
+    """Re-runs the task's evals from the newest checkpoint of a run, reading only what the
+    evals use (parameters, model state, moving average; never the optimizer state); returns
+    the metrics (also written to ``workdir/eval.json``)."""
     workdir = os.path.abspath(os.fspath(workdir))
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a jaxalign run")
     config = config_lib.load_json(path)
-    setup = _setup(config, None)
+    devices = jax.devices()
+    config_lib.validate(config, num_devices=len(devices))
+    setup = _setup(config, devices)
+    abstract = setup.abstract_state
     checkpointer = Checkpointer(
         os.path.join(workdir, "checkpoints"),
-        keep=int(config.train.keep_checkpoints),
+        keep=config.train.keep_checkpoints,
         read_only=True,  # the run may still be writing there
     )
     try:
-        state, _, step = checkpointer.restore(setup.abstract_state)
+        part, step = checkpointer.restore_part(
+            {
+                "params": abstract.params,
+                "model_state": abstract.model_state,
+                "ema_params": abstract.ema_params,
+            }
+        )
     finally:
         checkpointer.close()
-    results = setup.task.evaluate(state.params, setup.mesh, progress=progress)
+    state = TrainState(
+        step=step,
+        params=part["params"],
+        model_state=part["model_state"],
+        opt_state=None,
+        ema_params=part["ema_params"],
+        nonfinite_in_a_row=0,
+        nonfinite_total=0,
+    )
+    results = setup.task.evaluate(state.eval_variables(), progress=bool(progress))
     out = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
     _write_json(os.path.join(workdir, "eval.json"), out)
     return out
 
 
-def run(args: argparse.Namespace, overrides: Sequence[str]) -> int:
-    """Runs a parsed ``train`` command line; returns the exit status."""
-    bad = [o for o in overrides if not o.startswith("--config.")]
-    if bad:
-        print(f"unknown arguments {bad}; overrides are --config.KEY=VALUE", file=sys.stderr)
-        return 2
-    if args.distributed:
-        jax.distributed.initialize()
-    try:
-        config = config_lib.load(args.config, overrides)
-        summary = train_and_evaluate(config, args.workdir, progress=args.progress)
-    except (config_lib.ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except TrainingDivergedError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except Preempted as stop:
-        print(f"{stop}; run the same command again to resume", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
-    print(json.dumps(summary, indent=2))
-    return 0
+if __name__ == "__main__":  # python -m jaxalign.train: the same as `jaxalign train`
+    from jaxalign.cli import main
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_train_arguments(argparse.ArgumentParser(prog="python -m jaxalign.train"))
-    args, overrides = parser.parse_known_args(argv)
-    return run(args, overrides)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,5 +1,6 @@
-"""Configs: every preset of configs/clip.py loads and validates on 8 devices; overrides parse as
-their field's type; each validation rule fails naming the key and the value; save round-trips."""
+"""Configs: every preset of configs/clip.py and configs/classify.py loads and validates on 8
+devices; overrides parse as their key's type in the task's schema; each rule fails naming the
+key and the value; save round-trips, typed; resume differences name both values."""
 
 from __future__ import annotations
 
@@ -8,59 +9,79 @@ import math
 import pathlib
 from collections.abc import Sequence
 
-import ml_collections
 import pytest
 
 from jaxalign import config as config_lib
+from jaxalign.schema import ExperimentConfig
+from jaxalign.tasks.classify import ClassifyConfig
+from jaxalign.tasks.clip import ClipConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLIP = str(ROOT / "configs" / "clip.py")
+CLASSIFY = str(ROOT / "configs" / "classify.py")
 PRESETS = ("demo", "tiny", "siglip_demo", "vit_b32", "vit_b16", "vit_l14")
 REAL = ("vit_b32", "vit_b16", "vit_l14")
+CLASSIFY_PRESETS = ("digits", "shapes_scratch", "shapes_finetune", "shapes_probe", "tiny")
 
 
-def _load(preset: str = "demo", overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def _load(preset: str = "demo", overrides: Sequence[str] = ()) -> ExperimentConfig:
     return config_lib.load(f"{CLIP}:{preset}", overrides)
 
 
-def _fails(config: ml_collections.ConfigDict, *names: str, devices: int = 8, **kwargs) -> str:
-    """Validates, expecting a ConfigError whose message contains every one of ``names``."""
+def _message(overrides: Sequence[str], preset: str = "demo", spec: str = CLIP) -> str:
     with pytest.raises(config_lib.ConfigError) as error:
-        config_lib.validate(config, devices, **kwargs)
-    message = str(error.value)
+        config_lib.load(f"{spec}:{preset}", overrides)
+    return str(error.value)
+
+
+def _fails(overrides: Sequence[str], *names: str, preset: str = "demo", spec: str = CLIP) -> str:
+    """Loading with ``overrides`` raises a ConfigError naming every one of ``names``."""
+    message = _message(overrides, preset, spec)
     for name in names:
         assert name in message, message
     return message
+
+
+def _fails_validate(config: ExperimentConfig, *names: str, devices: int = 8, **kwargs) -> str:
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate(config, devices, **kwargs)
+    for name in names:
+        assert name in str(error.value), str(error.value)
+    return str(error.value)
+
+
+def _values(preset: str = "demo") -> dict:
+    return config_lib.to_dict(_load(preset))
+
+
+def _parse_fails(values: dict, *names: str) -> str:
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.parse(values)
+    for name in names:
+        assert name in str(error.value), str(error.value)
+    return str(error.value)
 
 
 # --- presets -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_loads_and_validates_on_eight_devices(preset: str):
+def test_clip_preset_loads_typed_and_validates_on_eight_devices(preset: str):
     config = _load(preset)
-    assert config.task == "clip"
-    config_lib.validate(config, 8, check_data=preset not in REAL)
-    assert config.is_locked
+    assert isinstance(config, ClipConfig) and config.task == "clip"
+    config_lib.validate(config, 8, check_data=False)
+    with pytest.raises(ValueError, match="frozen"):
+        config.seed = 3  # a loaded config cannot change under the trainer's feet
 
 
-def _leaves(tree: dict, groups: Sequence[str], prefix: str = "") -> set[str]:
-    """Dotted keys of a nested dict; the ``groups`` (free-field groups) count as leaves."""
-    keys = set()
-    for key, value in tree.items():
-        if isinstance(value, dict) and prefix + key not in groups:
-            keys |= _leaves(value, groups, f"{prefix}{key}.")
-        else:
-            keys.add(prefix + key)
-    return keys
-
-
-@pytest.mark.parametrize("preset", PRESETS)
-def test_every_preset_has_exactly_the_schema_keys(preset: str):
-    groups = ("model.image", "model.text")
-    schema = _leaves(config_lib.SCHEMAS["clip"], groups)
-    assert _leaves(config_lib.to_dict(_load(preset)), groups) == schema
-    assert len(schema) == 47
+@pytest.mark.parametrize("preset", CLASSIFY_PRESETS)
+def test_classify_preset_loads_typed_and_validates_on_eight_devices(preset: str):
+    config = config_lib.load(f"{CLASSIFY}:{preset}")
+    assert isinstance(config, ClassifyConfig) and config.task == "classify"
+    config_lib.validate(config, 8, check_data=False)
+    transfer = preset in ("shapes_finetune", "shapes_probe")
+    assert bool(config.init_from.workdir) == transfer
+    assert (config.model.backbone_lr_mult == 0) == (preset == "shapes_probe")
 
 
 def test_real_presets_with_their_data_present(tmp_path: pathlib.Path):
@@ -75,6 +96,7 @@ def test_real_presets_with_their_data_present(tmp_path: pathlib.Path):
         config_lib.validate(config, 8)
         assert config.model.dtype == "bfloat16" and config.mesh.fsdp == -1
         assert config.objective.impl in ("tiled", "ring") and config.model.remat != "none"
+        assert config.model.image == {}  # the preset's own patches
 
 
 def test_presets_differ_as_documented():
@@ -85,6 +107,7 @@ def test_presets_differ_as_documented():
     assert siglip.model.logit_bias_init == -10.0 and demo.model.logit_bias_init is None
     assert tiny.train.steps <= 10 and tiny.train.global_batch_size <= 32
     assert 0 < tiny.evals.max_examples <= 64
+    assert demo.init_from.workdir == "" and demo.optim.ema_decay == 0.0
 
 
 def test_load_errors(tmp_path: pathlib.Path):
@@ -98,12 +121,6 @@ def test_load_errors(tmp_path: pathlib.Path):
         config_lib.load(str(empty))
 
 
-def test_loaded_config_is_locked():
-    config = _load()
-    with pytest.raises(AttributeError):
-        config.optim.learning_rate = 1.0
-
-
 # --- overrides ---------------------------------------------------------------------------------
 
 
@@ -113,27 +130,29 @@ def test_overrides_of_each_type():
         [
             "optim.lr=3e-4",  # float
             "--config.train.steps=7",  # int, absl-style
-            "config.model.image.ln_pre=1",  # bool (a free field, typed by its default)
+            "config.model.image.features=128",  # int, a free field typed by its default
             "data.name=digits_domains",  # str
             "evals.zeroshot_split='test'",  # quoted str
             "evals.templates=('a {}', 'the {}')",  # tuple
-            "model.logit_bias_init=none",  # None-able placeholder
-            "model.image.pool=map",  # new free field, typed by the ViT default
-            "model.image.depth=2",
-            "model.text.causal=false",
+            "model.logit_bias_init=none",  # None where the schema allows it
+            "objective.loss=clip",
+            "model.text.causal=false",  # bool (free field)
+            "init_from.workdir=runs/demo",
+            "init_from.step=3",  # int | None
             "mesh.data=-1",
         ],
     )
     assert config.optim.lr == 3e-4 and isinstance(config.optim.lr, float)
     assert config.train.steps == 7 and isinstance(config.train.steps, int)
-    assert config.model.image.ln_pre is True
+    assert config.model.image == {"features": 128}
     assert config.data.name == "digits_domains" and config.evals.zeroshot_split == "test"
     assert config.evals.templates == ("a {}", "the {}")
-    assert config.model.logit_bias_init is None
-    assert config.model.image.pool == "map" and config.model.image.depth == 2
-    assert config.model.text.causal is False
-    config = _load("demo", ["model.logit_bias_init=-5", "optim.warmup_steps=0"])
-    assert config.model.logit_bias_init == -5.0
+    assert config.model.logit_bias_init is None and config.init_from.step == 3
+    assert config.model.text["causal"] is False
+    config = _load(
+        "tiny", ["model.image.pool=map", "objective.loss=siglip", "model.logit_bias_init=-5"]
+    )
+    assert config.model.image["pool"] == "map" and config.model.logit_bias_init == -5.0
 
 
 @pytest.mark.parametrize(
@@ -148,65 +167,67 @@ def test_overrides_of_each_type():
         ("model.text.causal=maybe", ["config.model.text.causal", "'maybe'", "bool"]),
         ("evals.templates=a {}", ["config.evals.templates", "'a {}'", "tuple"]),
         ("model.logit_bias_init=big", ["config.model.logit_bias_init", "'big'", "float"]),
+        ("train.steps=none", ["config.train.steps", "'none'", "int"]),
         ("model=tiny", ["config.model", "group of keys"]),
+        ("optim.lr.x=1", ["config.optim.lr", "a value"]),
         ("optim.lr", ["optim.lr", "KEY=VALUE"]),
     ],
 )
 def test_bad_override_names_key_and_value(override: str, names: list[str]):
-    with pytest.raises(config_lib.ConfigError) as error:
-        _load("demo", [override])
-    for name in names:
-        assert name in str(error.value), str(error.value)
+    _fails([override], *names)
 
 
-# --- validation rules --------------------------------------------------------------------------
+def test_a_key_given_twice_is_refused():
+    # What an unquoted --config.data.shards=/data/s{0..3}.tar becomes in the shell.
+    _fails(["optim.lr=1e-3", "--config.optim.lr=2e-3"], "config.optim.lr", "2 times")
 
 
-def _unlocked(preset: str = "demo", overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    config = _load(preset, overrides)
-    config.unlock()
-    return config
+def test_overriding_the_task_checks_the_new_tasks_schema():
+    message = _fails(["task=classify"], "config.model.logit_scale_init", "unknown key")
+    assert "config.model.backbone_lr_mult: missing" in message
+    _fails(["task=mae"], "config.task='mae'", "'classify'", "'clip'")
 
 
-def test_unknown_key():
-    config = _unlocked()
-    config.optim.momentum = 0.9
-    _fails(config, "config.optim.momentum", "0.9", "unknown key", "'lr'")
-    config = _unlocked()
-    config.extra = ml_collections.ConfigDict({"a": 1})
-    _fails(config, "config.extra", "unknown key")
+# --- schema ------------------------------------------------------------------------------------
 
 
-def test_missing_key():
-    config = _unlocked()
-    del config.train["eval_every"]
-    _fails(config, "config.train.eval_every", "missing")
-
-
-def test_unknown_model_override_field():
-    config = _unlocked()
-    config.model.image.poool = "map"
-    _fails(config, "config.model.image.poool", "'map'", "'pool'")
+def test_unknown_and_missing_keys():
+    values = _values()
+    values["optim"]["momentum"] = 0.9
+    _parse_fails(values, "config.optim.momentum=0.9", "unknown key", "'lr'")
+    values = _values()
+    values["extra"] = {"a": 1}
+    _parse_fails(values, "config.extra", "unknown key")
+    values = _values()
+    del values["train"]["eval_every"]
+    _parse_fails(values, "config.train.eval_every", "missing")
+    values = _values()
+    values["model"]["image"]["poool"] = "map"
+    _parse_fails(values, "config.model.image.poool='map'", "'pool'")
 
 
 @pytest.mark.parametrize(
     "key, value, names",
     [
-        ("train.steps", "ten", ["config.train.steps='ten'", "expected int"]),
-        ("model.image.depth", "2", ["config.model.image.depth='2'", "expected int"]),
-        ("evals.templates", ("a {}", 3), ["config.evals.templates", "tuple of str"]),
-        ("objective.tile", True, ["config.objective.tile=True", "expected int"]),
+        ("train.steps", "ten", ["config.train.steps='ten'", "integer"]),
+        ("model.image.features", "2", ["config.model.image.features='2'", "expected int"]),
+        ("evals.templates", ("a {}", 3), ["config.evals.templates[1]=3", "string"]),
+        ("objective.tile", True, ["config.objective.tile=True", "integer"]),
+        ("optim.clip_norm", 1, None),  # an int is a float
+        ("optim.lr", float("inf"), ["config.optim.lr=inf", "finite"]),
     ],
 )
-def test_wrong_type(key: str, value, names: list[str]):
-    # Built by hand: ConfigDict itself refuses most wrong types on assignment.
-    tree = config_lib.to_dict(_load())
-    group, leaf = key.rsplit(".", 1)
-    node = tree
-    for part in group.split("."):
+def test_types_are_strict(key: str, value, names):
+    values = _values()
+    *groups, leaf = key.split(".")
+    node = values
+    for part in groups:
         node = node[part]
     node[leaf] = value
-    _fails(ml_collections.ConfigDict(tree), *names)
+    if names is None:
+        assert config_lib.parse(values).optim.clip_norm == 1.0
+    else:
+        _parse_fails(values, *names)
 
 
 @pytest.mark.parametrize(
@@ -218,85 +239,131 @@ def test_wrong_type(key: str, value, names: list[str]):
         ("objective.loss=triplet", ["config.objective.loss='triplet'", "'siglip'"]),
         ("objective.impl=fast", ["config.objective.impl='fast'", "'ring'"]),
         ("data.source=s3", ["config.data.source='s3'", "'webdataset'"]),
-        ("task=mae", ["config.task='mae'", "'clip'"]),
     ],
 )
 def test_bad_choice(override: str, names: list[str]):
-    _fails(_load("demo", [override]), *names)
+    _fails([override], *names)
 
 
 @pytest.mark.parametrize(
     "override, names",
     [
-        ("train.steps=0", ["config.train.steps=0", "[1, inf)"]),
+        ("train.steps=0", ["config.train.steps=0", "greater than or equal to 1"]),
         ("train.global_batch_size=-8", ["config.train.global_batch_size=-8"]),
         ("objective.tile=0", ["config.objective.tile=0"]),
         ("optim.micro_batches=0", ["config.optim.micro_batches=0"]),
-        ("optim.lr=0", ["config.optim.lr=0.0", "(0, inf)"]),
-        ("optim.lr=nan", ["config.optim.lr=nan", "finite"]),
-        ("objective.label_smoothing=1.0", ["config.objective.label_smoothing=1.0", "[0, 1)"]),
+        ("optim.lr=0", ["config.optim.lr=0.0", "greater than 0"]),
+        ("optim.lr=nan", ["config.optim.lr=nan"]),
+        ("optim.ema_decay=1.0", ["config.optim.ema_decay=1.0", "less than 1"]),
         ("objective.label_smoothing=-0.1", ["config.objective.label_smoothing=-0.1"]),
         ("evals.max_examples=-1", ["config.evals.max_examples=-1"]),
         ("seed=-1", ["config.seed=-1"]),
+        ("mesh.tensor=0", ["config.mesh.tensor=0", "-1"]),
+        ("init_from.step=-2", ["config.init_from.step=-2"]),
     ],
 )
 def test_out_of_range(override: str, names: list[str]):
-    _fails(_load("demo", [override]), *names)
+    _fails([override], *names)
+
+
+def test_all_problems_in_one_message():
+    message = _fails(
+        ["train.steps=0", "optim.lr=-1", "model.dtype=half"],
+        "3 config problems",
+        "train.steps",
+        "optim.lr",
+        "model.dtype",
+    )
+    assert message.count("\n") == 3
+
+
+# --- rules across keys ---------------------------------------------------------------------------
 
 
 def test_batch_not_divisible_by_the_mesh():
-    config = _load("demo", ["train.global_batch_size=100"])
-    _fails(config, "config.train.global_batch_size=100", "data x fsdp = 8")
-    config = _load("demo", ["optim.micro_batches=3", "train.global_batch_size=200"])
+    _fails_validate(
+        _load("demo", ["train.global_batch_size=100"]),
+        "config.train.global_batch_size=100",
+        "data x fsdp = 8",
+    )
     config_lib.validate(_load("demo", ["train.global_batch_size=200"]), 8)
-    _fails(config, "config.train.global_batch_size=200", "optim.micro_batches (3)")
-    _fails(_load("demo", ["evals.batch_size=12"]), "config.evals.batch_size=12")
+    _fails_validate(
+        _load("demo", ["optim.micro_batches=3", "train.global_batch_size=200"]),
+        "config.train.global_batch_size=200",
+        "optim.micro_batches (3)",
+    )
+    _fails_validate(_load("demo", ["evals.batch_size=12"]), "config.evals.batch_size=12")
     # tensor parallelism does not split the batch: 4 shards of 2 devices each.
     config_lib.validate(_load("demo", ["mesh.tensor=2", "train.global_batch_size=4"]), 8)
 
 
 def test_mesh_not_resolving():
-    _fails(_load("demo", ["mesh.data=3"]), "config.mesh", "'data': 3", "8 devices")
-    _fails(_load("demo", ["mesh.fsdp=3"]), "config.mesh.data=-1", "8 devices")
-    _fails(_load("demo", ["mesh.fsdp=-1"]), "config.mesh", "-1")
-    _fails(_load("demo", ["mesh.tensor=0"]), "config.mesh.tensor", "0")
+    _fails_validate(_load("demo", ["mesh.data=3"]), "config.mesh", "'data': 3", "8 devices")
+    _fails_validate(_load("demo", ["mesh.fsdp=3"]), "config.mesh.data=-1", "8 devices")
+    _fails_validate(_load("demo", ["mesh.fsdp=-1"]), "config.mesh", "-1")
 
 
-def test_template_without_placeholder():
-    config = _load("demo", ["evals.templates=('a {}', 'a shape')"])
-    _fails(config, "config.evals.templates", "'a shape'", "{}")
-    _fails(_load("demo", ["evals.templates=()"]), "config.evals.templates=()")
-
-
-def test_loss_and_bias_must_agree():
-    config = _load("demo", ["objective.loss=siglip"])
-    _fails(config, "config.model.logit_bias_init=None", "siglip")
-    _fails(_load("demo", ["model.logit_bias_init=-10"]), "config.model.logit_bias_init=-10.0")
-    config = _load("siglip_demo", ["objective.label_smoothing=0.1"])
-    _fails(config, "config.objective.label_smoothing=0.1")
+def test_clip_rules():
+    _fails(["evals.templates=('a {}', 'a shape')"], "config.evals.templates", "'a shape'", "{}")
+    _fails(["evals.templates=()"], "config.evals.templates=()")
+    _fails(["objective.loss=siglip"], "config.model.logit_bias_init=None", "siglip")
+    _fails(["model.logit_bias_init=-10"], "config.model.logit_bias_init=-10.0")
+    _fails(
+        ["objective.label_smoothing=0.1"],
+        "config.objective.label_smoothing=0.1",
+        preset="siglip_demo",
+    )
 
 
 def test_image_size_must_fit_the_image_tower():
-    _fails(_load("tiny", ["data.image_size=36"]), "config.data.image_size=36", "patch size 8")
-    config = _load("vit_b32", ["data.image_size=200"])  # the preset's own patches
-    _fails(config, "config.data.image_size=200", "patch size 32", check_data=False)
-    config_lib.validate(_load("tiny", ["data.image_size=36", "model.image.patch_size=6"]), 8)
+    _fails(["data.image_size=36"], "config.data.image_size=36", "patch size 8", preset="tiny")
+    _fails(["data.image_size=200"], "config.data.image_size=200", "patch size 32", preset="vit_b32")
+    _load("tiny", ["data.image_size=36", "model.image.patch_size=6"])
     # The demo's ConvNet halves the image three times (its default channels), or as many
     # times as it is given channels.
-    _fails(_load("demo", ["data.image_size=60"]), "config.data.image_size=60", "total stride 8")
-    config_lib.validate(_load("demo", ["data.image_size=60", "model.image.channels=(8, 16)"]), 8)
+    _fails(["data.image_size=60"], "config.data.image_size=60", "total stride 8")
+    _load("demo", ["data.image_size=60", "model.image.channels=(8, 16)"])
+    _fails(["data.image_size=20"], "total stride 8", spec=CLASSIFY, preset="digits")
 
 
 def test_image_fields_must_belong_to_the_tower():
+    _fails(["model.image.patch_size=8"], "config.model.image.patch_size=8", "ConvNet")
+    _fails(["model.image.channels=(8,)"], "config.model.image.channels", "ViT", preset="tiny")
+
+
+def test_classify_rules():
     _fails(
-        _load("demo", ["model.image.patch_size=8"]), "config.model.image.patch_size=8", "ConvNet"
+        ["optim.micro_batches=2"], "config.optim.micro_batches=2", spec=CLASSIFY, preset="digits"
     )
-    _fails(_load("tiny", ["model.image.channels=(8,)"]), "config.model.image.channels", "ViT")
+    _fails(
+        ["model.backbone_lr_mult=-1"],
+        "config.model.backbone_lr_mult=-1.0",
+        spec=CLASSIFY,
+        preset="digits",
+    )
+    _fails(
+        ["data.source=webdataset"],
+        "config.data.source='webdataset'",
+        spec=CLASSIFY,
+        preset="digits",
+    )
+
+
+def test_init_from_rules(tmp_path: pathlib.Path):
+    _fails(["init_from.params=('image_tower->backbone',)"], "config.init_from.workdir=''")
+    _fails(
+        [f"init_from.workdir={tmp_path}", "init_from.params=('a->b->c',)"],
+        "config.init_from.params",
+        "'a->b->c'",
+    )
+    config = config_lib.load(f"{CLASSIFY}:shapes_probe", [f"init_from.workdir={tmp_path}"])
+    assert config.init_from.mapping() == [("image_tower", "backbone")]
+    with pytest.raises(config_lib.MissingDataError, match=r"config\.init_from\.workdir="):
+        config_lib.validate(config, 8)
 
 
 def test_unknown_builtin_name():
-    config = _load("demo", ["data.name=imagenet"])
-    _fails(config, "config.data.name='imagenet'", "'shapes_captions'", check_data=False)
+    _fails(["data.name=imagenet"], "config.data.name='imagenet'", "'shapes_captions'")
 
 
 def test_missing_tfds_data_dir(tmp_path: pathlib.Path):
@@ -318,7 +385,7 @@ def test_missing_tfds_data_dir(tmp_path: pathlib.Path):
     config_lib.validate(
         _load("demo", [*overrides[:3], "data.tokenizer=/no/tok"]), 8, check_data=False
     )
-    _fails(_load("demo", overrides[:3]), "config.data.tokenizer=''", check_data=False)
+    _fails(overrides[:3], "config.data.tokenizer=''")
 
 
 def test_webdataset_glob_matching_nothing(tmp_path: pathlib.Path):
@@ -338,8 +405,11 @@ def test_webdataset_glob_matching_nothing(tmp_path: pathlib.Path):
     config = _load("demo", [*overrides[:1], f"data.shards={tmp_path}/{{0..1}}.tar", *overrides[2:]])
     with pytest.raises(config_lib.MissingDataError, match=r"2 of its 2 shards are missing"):
         config_lib.validate(config, 8)
-    config = _load("demo", [*overrides, "evals.retrieval_split=validation"])
-    _fails(config, "config.evals.retrieval_split='validation'", "webdataset")
+    _fails(
+        [*overrides[:4], "evals.retrieval_split=validation"],
+        "config.evals.retrieval_split='validation'",
+        "webdataset",
+    )
 
 
 def test_missing_tokenizer():
@@ -348,45 +418,63 @@ def test_missing_tokenizer():
         config_lib.validate(config, 8)
 
 
-def test_all_problems_of_a_stage_in_one_message():
-    config = _load("demo", ["train.steps=0", "optim.lr=-1", "model.dtype=half"])
-    message = _fails(config, "3 config problems", "train.steps", "optim.lr", "model.dtype")
-    assert message.count("\n") == 3
-
-
-# --- save ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("preset", ["tiny", "siglip_demo"])
-def test_save_writes_json_that_round_trips(preset: str, tmp_path: pathlib.Path):
-    config = _load(preset, ["evals.templates=('a {}', 'the {}')"])
-    path = config_lib.save(config, tmp_path / "run")
-    assert path == str(tmp_path / "run" / "config.json")
-    saved = json.loads(pathlib.Path(path).read_text())
-    assert saved == config_lib.to_dict(config)
-    assert saved["evals"]["templates"] == ["a {}", "the {}"]
-    assert saved["model"]["logit_bias_init"] == config.model.logit_bias_init
-    assert saved["optim"]["lr"] == config.optim.lr and saved["mesh"] == dict(config.mesh)
-    # Back to a ConfigDict: the same values, tuples from the JSON lists.
-    restored = ml_collections.ConfigDict(saved)
-    restored.evals.templates = tuple(restored.evals.templates)
-    config_lib.validate(restored, 8)
-    assert config_lib.to_dict(restored) == saved
-    assert config_lib.save(config, tmp_path / "c.json") == str(tmp_path / "c.json")
-    demo = config_lib.to_dict(_load("demo"))
-    assert demo["model"]["logit_bias_init"] is None
-
-
-def test_real_presets_keep_their_patch_size():
-    for preset in REAL:
-        assert dict(_load(preset).model.image) == {}
+# --- save, load back, compare ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-def test_saved_config_loads_back_equal_and_valid(preset: str, tmp_path: pathlib.Path):
+def test_saved_config_loads_back_equal_and_typed(preset: str, tmp_path: pathlib.Path):
     overrides = ["model.image.channels=(8, 16)"] if preset in ("demo", "siglip_demo") else []
-    config = _load(preset, overrides)
-    back = config_lib.load_json(config_lib.save(config, tmp_path))
-    assert back.to_dict() == config.to_dict()
+    config = _load(preset, [*overrides, "evals.templates=('a {}', 'the {}')"])
+    path = config_lib.save(config, tmp_path / "run")
+    assert path == str(tmp_path / "run" / "config.json")
+    saved = json.loads(pathlib.Path(path).read_text())
+    assert saved["evals"]["templates"] == ["a {}", "the {}"]
+    back = config_lib.load_json(path)
+    assert back == config  # tuples back from JSON lists, None back, the same typed model
     assert isinstance(back.evals.templates, tuple)
-    config_lib.validate(back, 8, check_data=False)
+    if overrides:
+        assert back.model.image == {"channels": (8, 16)}
+    assert config_lib.save(config, tmp_path / "c.json") == str(tmp_path / "c.json")
+
+
+def test_load_json_names_the_file(tmp_path: pathlib.Path):
+    path = tmp_path / "config.json"
+    values = _values()
+    values["optim"]["lr"] = "fast"
+    path.write_text(json.dumps(values))
+    with pytest.raises(config_lib.ConfigError, match=r"config\.json.*config\.optim\.lr='fast'"):
+        config_lib.load_json(path)
+
+
+def test_override_of_a_typed_config():
+    config = config_lib.override(_load("tiny"), ["train.steps=9", "model.image.depth=2"])
+    assert config.train.steps == 9 and config.model.image["depth"] == 2
+    assert _load("tiny").train.steps != 9  # the original is untouched
+
+
+def test_resume_problems_name_both_values():
+    saved = _load("tiny")
+    safe = config_lib.override(
+        saved, ["train.steps=50", "train.eval_every=7", "mesh.data=2", "mesh.fsdp=-1"]
+    )
+    assert config_lib.resume_problems(saved, safe) == []
+    assert {k for k, _, _ in config_lib.differences(saved, safe)} == {
+        "train.steps",
+        "train.eval_every",
+        "mesh.data",
+        "mesh.fsdp",
+    }
+    changed = config_lib.override(
+        saved, ["model.image.depth=2", "train.global_batch_size=32", "train.steps=50"]
+    )
+    problems = config_lib.resume_problems(config_lib.to_dict(saved), changed)
+    assert problems == [
+        "config.model.image.depth: the run was started with 1, this command has 2",
+        "config.train.global_batch_size: the run was started with 16, this command has 32",
+    ]
+    # A key the saved config lacks (an older version of the schema) is a difference too.
+    old = config_lib.to_dict(saved)
+    del old["optim"]["ema_decay"]
+    assert config_lib.resume_problems(old, saved) == [
+        "config.optim.ema_decay: the run was started with '<absent>', this command has 0.0"
+    ]

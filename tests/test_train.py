@@ -1,6 +1,6 @@
-"""The trainer end to end on the tiny preset: the real entry point, the work directory's files,
-1 device = 8 devices, exact resume after SIGKILL, SIGTERM, one compilation, non-finite
-updates, bad configs, and ``jaxalign eval``.
+"""The trainer end to end on the CLIP tiny preset: the real entry point, the work directory's
+files, 1 device = 8 devices, exact resume after SIGKILL, SIGTERM, one compilation, non-finite
+updates, bad configs, resuming with another config, and ``jaxalign eval``.
 
 Runs that must die (SIGKILL / SIGTERM at a chosen step) are real subprocesses of the real
 trainer; a few lines of test code in the child send the signal when the step is logged.
@@ -18,8 +18,8 @@ import jax
 import numpy as np
 import pytest
 
+from jaxalign import cli, train
 from jaxalign import config as config_lib
-from jaxalign import train
 from jaxalign.tasks.clip import ClipTask
 from jaxalign.train_lib.metric_writers import read_metrics
 
@@ -52,7 +52,7 @@ def _run_child(
     """``python -m jaxalign.train`` in a subprocess on one CPU device; with ``signal_at`` the
     child sends itself ``signal_name`` as soon as that step's metrics are written (once the
     asynchronous checkpoint ``after_checkpoint`` is complete on disk, if given)."""
-    code = "import sys\nfrom jaxalign import train\n"
+    code = "import sys\nfrom jaxalign import cli\n"
     if signal_at is not None:
         done = os.path.join(workdir, "checkpoints", str(after_checkpoint))
         code += textwrap.dedent(
@@ -72,7 +72,7 @@ def _run_child(
             metric_writers.MetricWriter.write = write
             """
         )
-    code += "sys.exit(train.main(sys.argv[1:]))\n"
+    code += "sys.exit(cli.main(['train', *sys.argv[1:]]))\n"
     env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     return subprocess.run(
         [sys.executable, "-c", code, f"--config={CONFIG}:tiny", f"--workdir={workdir}", *overrides],
@@ -183,25 +183,20 @@ def test_the_step_is_traced_once_per_run(data_dir, tmp_path, monkeypatch):
     """Six steps with a checkpoint and an eval in between: one trace (a trainer that called a
     jitted step whose arguments changed type or sharding along the way would show more)."""
     traces = []
-    make_grad_fn = ClipTask.make_grad_fn
+    loss_and_grad = ClipTask.loss_and_grad
 
-    def counting(self, mesh):
-        grad_fn = make_grad_fn(self, mesh)
+    def counted(self, *args):
+        traces.append(1)
+        return loss_and_grad(self, *args)
 
-        def counted(params, batch):
-            traces.append(1)
-            return grad_fn(params, batch)
-
-        return counted
-
-    monkeypatch.setattr(ClipTask, "make_grad_fn", counting)
+    monkeypatch.setattr(ClipTask, "loss_and_grad", counted)
     train.train_and_evaluate(_load(data_dir, **{"train.steps": 6}), tmp_path)
     assert len(traces) == 1
 
 
 def _plant_nan(monkeypatch, bad_steps):
     """Batches ``bad_steps`` (1-based) of the training stream get NaN images."""
-    pipeline = ClipTask.train_pipeline
+    pipeline = ClipTask.train_stream
 
     class Planted:
         def __init__(self, iterator):
@@ -224,7 +219,7 @@ def _plant_nan(monkeypatch, bad_steps):
         def __iter__(self):
             return Planted(iter(self.inner))
 
-    monkeypatch.setattr(ClipTask, "train_pipeline", lambda self: PlantedPipeline(pipeline(self)))
+    monkeypatch.setattr(ClipTask, "train_stream", lambda self: PlantedPipeline(pipeline(self)))
 
 
 def test_a_nan_batch_is_skipped_and_counted(data_dir, tmp_path, monkeypatch):
@@ -263,7 +258,7 @@ def test_a_bad_config_fails_before_compiling_and_names_the_key(
         f"--workdir={tmp_path}",
         f"--config.data.data_dir={data_dir}",
     ]
-    assert train.main([*args, override]) == 2
+    assert cli.main(["train", *args, override]) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "config.json").exists()  # written only once the config passed
 
@@ -277,14 +272,16 @@ def test_a_missing_dataset_names_the_key(tmp_path, capsys):
         f"--config.data.data_dir={tmp_path / 'nowhere'}",
         f"--config.data.tokenizer={tmp_path}",
     ]
-    assert train.main(args) == 2
+    assert cli.main(["train", *args]) == 2
     assert "config.data.name='my_pairs'" in capsys.readouterr().err
 
 
 def test_a_missing_eval_split_names_the_key(data_dir, tmp_path, capsys):
     args = [f"--config={CONFIG}:tiny", f"--workdir={tmp_path}", *_overrides(data_dir)]
-    assert train.main([*args, "--config.evals.retrieval_split=dev"]) == 2
+    assert cli.main(["train", *args, "--config.evals.retrieval_split=dev"]) == 2
     assert "config.evals.retrieval_split='dev'" in capsys.readouterr().err
+    assert not (tmp_path / "config.json").exists()  # so the corrected command can start
+    assert cli.main(["train", *args, "--config.train.steps=1", "--config.train.eval_every=1"]) == 0
 
 
 def test_running_a_finished_run_again_evaluates_again(uninterrupted, data_dir, tmp_path):
@@ -300,11 +297,23 @@ def test_running_a_finished_run_again_evaluates_again(uninterrupted, data_dir, t
     assert [r["step"] for r in rows if "eval/i2t_R@1" in r] == [8]  # replaced, not doubled
 
 
-def test_eval_command_reruns_the_evals_from_the_newest_checkpoint(uninterrupted, capsys):
-    from jaxalign import cli
+def test_eval_command_reruns_the_evals_from_the_newest_checkpoint(
+    uninterrupted, capsys, monkeypatch
+):
+    from jaxalign.train_lib.checkpoint import Checkpointer
 
+    asked = []
+    restore_part = Checkpointer.restore_part
+
+    def spy(self, abstract, step=None):
+        asked.append(sorted(abstract))
+        return restore_part(self, abstract, step)
+
+    monkeypatch.setattr(Checkpointer, "restore", None)  # the whole state is never read
+    monkeypatch.setattr(Checkpointer, "restore_part", spy)
     workdir, _ = uninterrupted
     assert cli.main(["eval", f"--workdir={workdir}"]) == 0
+    assert asked == [["ema_params", "model_state", "params"]]  # no optimizer state
     printed = json.loads(capsys.readouterr().out)
     summary = json.loads((workdir / "summary.json").read_text())
     assert printed["step"] == 8
@@ -312,6 +321,40 @@ def test_eval_command_reruns_the_evals_from_the_newest_checkpoint(uninterrupted,
         if key.startswith("eval/"):
             assert printed[key] == pytest.approx(value, abs=1e-6), key
     assert json.loads((workdir / "eval.json").read_text()) == printed
+
+
+def test_resuming_with_another_config_is_refused(uninterrupted, data_dir, tmp_path, capsys):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    saved = (workdir / "config.json").read_text()
+    args = ["train", f"--config={CONFIG}:tiny", f"--workdir={workdir}"]
+    args += _overrides(data_dir, **RESUME)
+    for override, key, old, new in [
+        ("--config.model.image.depth=2", "config.model.image.depth", 1, 2),
+        ("--config.train.global_batch_size=32", "config.train.global_batch_size", 16, 32),
+    ]:
+        assert cli.main([*args, override]) == 2
+        err = capsys.readouterr().err
+        assert f"{key}: the run was started with {old}, this command has {new}" in err
+        assert (workdir / "config.json").read_text() == saved  # left as it was
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "8"]  # nothing compiled or run
+
+
+def test_resuming_with_more_steps_continues(uninterrupted, data_dir, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    more = _run_child(workdir, _overrides(data_dir, **{**RESUME, "train.steps": 10}))
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "resumed from checkpoint 8" in more.stdout
+    assert "config.train.steps: 8 -> 10 (changed on resume)" in more.stdout
+    assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 10
+    losses = _losses(workdir)
+    assert sorted(losses) == list(range(1, 11))
+    assert all(losses[s] == _losses(uninterrupted[0])[s] for s in range(1, 9))
 
 
 def _free_port() -> int:
@@ -337,8 +380,8 @@ def test_two_processes_equal_one(data_dir, tmp_path):
         f"""
         import sys, jax
         jax.distributed.initialize("127.0.0.1:{port}", num_processes=2, process_id=int(sys.argv[1]))
-        from jaxalign import train
-        sys.exit(train.main(sys.argv[2:]))
+        from jaxalign import cli
+        sys.exit(cli.main(["train", *sys.argv[2:]]))
         """
     )
     env = {

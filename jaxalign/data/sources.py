@@ -12,6 +12,8 @@ webdataset sample without an image, a caption file naming a missing image) is *k
 - :class:`WebDatasetSource`: uncompressed webdataset ``.tar`` shards in the open_clip layout
   (``KEY.jpg|jpeg|png|webp`` + ``KEY.txt|json``), indexed once, then read by byte offset.
 - :class:`ImageFolderSource`: a folder of images with a ``file,caption`` CSV or a JSONL file.
+- :func:`per_class_subset`: ``per_class`` records of each class of a labelled source (few-shot
+  training sets), as a :class:`Subset`.
 
 All are picklable (grain sends them to worker processes) and safe to read from several threads.
 """
@@ -25,7 +27,7 @@ import os
 import pathlib
 import re
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -355,3 +357,87 @@ class ImageFolderSource:
         except OSError:
             record[SKIP_FIELD] = MISSING_IMAGE
         return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Subsets
+
+
+class Subset:
+    """The records ``source[indices[0]], source[indices[1]], ...`` of a random-access source.
+
+    ``indices`` (int64, increasing) are the chosen source indices; ``subset[i]`` is
+    ``source[indices[i]]``. Picklable when ``source`` is.
+    """
+
+    def __init__(self, source: Any, indices: Sequence[int] | np.ndarray):
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.source[int(self.indices[int(index)])]
+
+    def __repr__(self) -> str:
+        return f"Subset({self.source!r}, {len(self)} of {len(self.source)} records)"
+
+
+def _label_of(record: Any, index: int, label_key: str) -> int:
+    """``record[label_key]`` (an int or a 0-d integer array) as an int >= 0."""
+    if not isinstance(record, Mapping) or label_key not in record:
+        keys = sorted(record) if isinstance(record, Mapping) else type(record).__name__
+        raise ValueError(
+            f"per_class_subset: record {index} has no label key {label_key!r} (it has {keys})"
+        )
+    label = np.asarray(record[label_key])
+    if label.ndim != 0 or not np.issubdtype(label.dtype, np.integer) or int(label) < 0:
+        raise ValueError(
+            f"per_class_subset: record {index}'s {label_key!r} is {record[label_key]!r}; "
+            "expected an int >= 0 or a 0-d integer array"
+        )
+    return int(label)
+
+
+def per_class_subset(source: Any, *, per_class: int, seed: int, label_key: str = "label") -> Subset:
+    """``per_class`` records of each class present in ``source`` (few-shot training sets).
+
+    For each class ``c``, ``per_class`` of its records are drawn without replacement by
+    ``np.random.default_rng([seed, c])``, so the choice depends only on ``(seed, c)`` and on
+    that class's records, never on the other classes or on the process. Every record's
+    ``label_key`` is read once (pass ``tfds_source(..., decode_images=False)`` to skip image
+    decoding).
+
+    Args:
+      source: ``len(source)`` and ``source[i] -> dict`` with an int (or 0-d array) label.
+      per_class: records kept per class, >= 1.
+      seed: chooses the records, >= 0.
+      label_key: the record field holding the class.
+
+    Returns:
+      A :class:`Subset` of ``per_class * num_classes`` records, in increasing source order.
+
+    Raises:
+      ValueError: ``per_class < 1``, an empty source, a record without ``label_key`` (naming
+        the index and key), or a class with fewer than ``per_class`` records (naming it).
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class_subset: per_class={per_class} must be >= 1")
+    if seed < 0:
+        raise ValueError(f"per_class_subset: seed={seed} must be >= 0")
+    num_records = len(source)
+    if num_records == 0:
+        raise ValueError(f"per_class_subset: source {source!r} is empty")
+    labels = np.array([_label_of(source[i], i, label_key) for i in range(num_records)])
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < per_class:
+            raise ValueError(
+                f"per_class_subset: class {int(label)} has {len(members)} records, fewer than "
+                f"per_class={per_class}"
+            )
+        rng = np.random.default_rng([seed, int(label)])
+        chosen.append(members[rng.choice(len(members), size=per_class, replace=False)])
+    return Subset(source, np.sort(np.concatenate(chosen)))

@@ -6,7 +6,10 @@
   (prompt ensembling over templates) and ``zeroshot_accuracy`` (top-k);
 - :mod:`~jaxalign.evals.retrieval`: image <-> text ``retrieval_recall`` (R@k, several captions
   per image), computed in row blocks (memory ``O(block * n)``), ties counted against the
-  correct item.
+  correct item;
+- :mod:`~jaxalign.evals.probe`: frozen-feature probes of any encoder: ``knn_accuracy`` (weighted
+  k-NN, as in DINO) and ``linear_probe`` (logistic regression, ``C`` chosen by cross-validation
+  on the training split only).
 
 Typical use for a dual encoder (``embed_fn`` returns ``{"image": ..., "text": ...}``)::
 
@@ -17,6 +20,7 @@ Typical use for a dual encoder (``embed_fn`` returns ``{"image": ..., "text": ..
 """
 
 from jaxalign.evals.embed import embed_dataset
+from jaxalign.evals.probe import knn_accuracy, linear_probe
 from jaxalign.evals.retrieval import first_match_rank, retrieval_recall
 from jaxalign.evals.zeroshot import DEFAULT_TEMPLATES, class_text_embeddings, zeroshot_accuracy
 
@@ -25,6 +29,8 @@ __all__ = [
     "class_text_embeddings",
     "embed_dataset",
     "first_match_rank",
+    "knn_accuracy",
+    "linear_probe",
     "retrieval_recall",
     "zeroshot_accuracy",
 ]

@@ -1,18 +1,30 @@
-"""Flax linen models, one per file: ViT and text towers, a small CNN, the dual encoder."""
+"""Flax linen models, one per file: ViT and text towers, a small CNN, the dual encoder, the
+image classifier."""
 
+from jaxalign.models.classifier import Classifier
 from jaxalign.models.cnn import ConvNet
-from jaxalign.models.dual_encoder import PRESETS, DualEncoder, build, l2_normalize
+from jaxalign.models.dual_encoder import (
+    PRESETS,
+    DualEncoder,
+    build,
+    build_image_tower,
+    image_stride,
+    l2_normalize,
+)
 from jaxalign.models.text import TextTransformer, check_token_ids
 from jaxalign.models.vit import ViT, decode_variant
 
 __all__ = [
     "PRESETS",
+    "Classifier",
     "ConvNet",
     "DualEncoder",
     "TextTransformer",
     "ViT",
     "build",
+    "build_image_tower",
     "check_token_ids",
     "decode_variant",
+    "image_stride",
     "l2_normalize",
 ]

@@ -175,14 +175,34 @@ def build(
         act="quick_gelu" if p.clip_style else "gelu",
         eot_token_id=p.vocab_size - 1 if p.clip_style else None,  # CLIP's <|endoftext|>
     )
-    if p.image_variant == "cnn":
-        image_tower = ConvNet(**{**CNN_FIELDS, **(image or {})})
-    else:
-        style = dict(ln_pre=True, patch_bias=False, act="quick_gelu", ln_eps=1e-5)
-        image_fields = {**decode_variant(p.image_variant), **(style if p.clip_style else {})}
-        image_tower = ViT(**{**image_fields, **(image or {})})
     text_tower = TextTransformer(**{**text_fields, **(text or {})})
-    return DualEncoder(image_tower, text_tower, **{"embed_dim": p.embed_dim, **dual})
+    return DualEncoder(
+        build_image_tower(preset, **(image or {})), text_tower, **{"embed_dim": p.embed_dim, **dual}
+    )
+
+
+def build_image_tower(preset: str, **overrides: Any) -> ConvNet | ViT:
+    """The image tower of a preset alone (a ``ConvNet`` for "cnn" variants, else a ``ViT``),
+    ``overrides`` replacing its fields: the same module, with the same parameter names, as the
+    preset's dual encoder holds under ``image_tower``, so a classifier can take its weights."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose from {sorted(PRESETS)}")
+    p = PRESETS[preset]
+    if p.image_variant == "cnn":
+        return ConvNet(**{**CNN_FIELDS, **overrides})
+    style = dict(ln_pre=True, patch_bias=False, act="quick_gelu", ln_eps=1e-5)
+    fields = {**decode_variant(p.image_variant), **(style if p.clip_style else {})}
+    return ViT(**{**fields, **overrides})
+
+
+def image_stride(preset: str, overrides: dict[str, Any]) -> tuple[int, str]:
+    """``(stride, what)``: the image side must be a multiple of ``stride`` for the preset's
+    image tower with ``overrides`` (a ConvNet's total pooling stride, or a ViT's patch size)."""
+    tower = build_image_tower(preset, **overrides)
+    if isinstance(tower, ConvNet):
+        stride = 2 ** len(tower.channels)
+        return stride, f"the ConvNet's total stride {stride}"
+    return tower.patch_size, f"the patch size {tower.patch_size}"
 
 
 def image_size(preset: str) -> int:

@@ -83,10 +83,13 @@ def logical_to_spec(
 def variable_shardings(abstract_variables: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
     """``NamedSharding``s for a tree of (abstract) variables boxed as ``nn.LogicallyPartitioned``.
 
-    Unboxed leaves (no logical names) are replicated.
+    Unboxed leaves (no logical names) are replicated; a box holding no array (the empty
+    optimizer state of a frozen parameter) stays as that empty subtree.
     """
 
     def one(leaf):
+        if isinstance(leaf, nn.Partitioned) and not hasattr(leaf.value, "shape"):
+            return leaf.value  # a box around no array (optax's MaskedNode of a frozen group)
         if isinstance(leaf, nn.LogicallyPartitioned):
             spec = logical_to_spec(leaf.names, leaf.value.shape, mesh, rules)
         else:

@@ -1,20 +1,11 @@
 """Tasks: a model, its loss over the global batch, its data and its evals, one file per task,
-registered by name (``config.task``)."""
+registered by name (``config.task``). ``base.py`` holds the protocol the trainer calls and the
+registry; ``images.py`` what image tasks share."""
 
 from __future__ import annotations
 
-from typing import Any
-
+from jaxalign.tasks.base import TASKS, ParamGroup, Task, get_task, register_task
+from jaxalign.tasks.classify import ClassifyTask
 from jaxalign.tasks.clip import ClipTask
 
-TASKS: dict[str, type] = {"clip": ClipTask}
-
-
-def get_task(config: Any) -> Any:
-    """The task ``config.task`` names, built from the config."""
-    if config.task not in TASKS:
-        raise ValueError(f"config.task: unknown task {config.task!r}; choose from {sorted(TASKS)}")
-    return TASKS[config.task](config)
-
-
-__all__ = ["TASKS", "ClipTask", "get_task"]
+__all__ = ["TASKS", "ClassifyTask", "ClipTask", "ParamGroup", "Task", "get_task", "register_task"]

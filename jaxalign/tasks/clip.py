@@ -1,5 +1,6 @@
 """The CLIP / SigLIP task: a dual encoder trained with InfoNCE or the sigmoid loss over the
-global batch, its data, and its evals (zero-shot classification, image <-> text retrieval).
+global batch, its config schema, its data, and its evals (zero-shot classification, image <->
+text retrieval).
 
 Batches are ``{"image": [batch, S, S, 3] float32, "ids": [batch, L] int32, "mask": [batch, L]
 int32}``, batch over (``data``, ``fsdp``). The loss's ``impl`` (naive, tiled, ring) and
@@ -9,13 +10,14 @@ Data (``config.data``): a built-in dataset (built under ``data_dir`` on first us
 dataset prepared on disk, or webdataset shards; captions are tokenised with the built-in
 caption tokenizer or a local Hugging Face tokenizer directory. Zero-shot classes are the names
 of the eval split's ``label`` feature (a TFDS ``ClassLabel``), put into ``evals.templates``.
+The keys are documented in ``configs/clip.py``.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -23,63 +25,201 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxalign import evals, models, objectives
-from jaxalign.config import ConfigError
 from jaxalign.data import ImageTextTransform, TextTokenizer, make_pipeline
 from jaxalign.parallel.sharding import activation_context
+from jaxalign.schema import (
+    Count,
+    ExperimentConfig,
+    Group,
+    MissingDataError,
+    ModuleFields,
+    PositiveInt,
+    Unit,
+    batch_shards,
+)
+from jaxalign.tasks import images
+from jaxalign.tasks.base import Task, register_task
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# --- config ------------------------------------------------------------------------------------
 
 
-class ClipTask:
-    """Model, loss and batch layout of CLIP-style training (see the module docstring)."""
+class ClipModel(Group):
+    preset: images.Preset
+    dtype: images.Dtype
+    remat: images.Remat
+    logit_scale_init: float
+    logit_bias_init: float | None
+    image: Annotated[dict[str, Any], images.IMAGE_FIELDS]
+    text: Annotated[
+        dict[str, Any],
+        ModuleFields(
+            (("jaxalign.models.text", "TextTransformer"),),
+            {"dtype": "model.dtype", "remat": "model.remat", "max_len": "data.max_len"},
+        ),
+    ]
+
+
+class ClipData(Group):
+    source: Literal["builtin", "tfds", "webdataset"]
+    name: str
+    data_dir: str
+    train_split: str
+    image_size: PositiveInt
+    max_len: PositiveInt
+    shards: str
+    tokenizer: str
+    worker_count: Count
+    prefetch: Count
+
+    def rules(self) -> list[str]:
+        problems = images.dataset_problems(self)
+        if self.source != "builtin" and not self.tokenizer:
+            problems.append(
+                f"tokenizer='': data.source={self.source!r} needs a tokenizer directory (the "
+                "built-in caption tokenizer only covers data.source='builtin')"
+            )
+        if self.source == "webdataset" and not self.shards:
+            problems.append("shards='': data.source='webdataset' needs shards")
+        return problems
+
+
+class ClipObjective(Group):
+    loss: Literal["clip", "siglip"]
+    impl: Literal[objectives.contrastive.IMPLS]  # type: ignore[valid-type]
+    tile: PositiveInt
+    label_smoothing: Unit
+
+
+class ClipEvals(Group):
+    zeroshot_split: str
+    retrieval_split: str
+    templates: tuple[str, ...]
+    batch_size: PositiveInt
+    max_examples: Count
+
+    def rules(self) -> list[str]:
+        problems = [
+            f"templates={self.templates!r}: {t!r} needs one '{{}}' for the class name"
+            for t in self.templates
+            if t.count("{}") != 1
+        ]
+        if self.zeroshot_split and not self.templates:
+            problems.append("templates=(): zero-shot evaluation needs a template")
+        return problems
+
+
+class ClipConfig(ExperimentConfig):
+    """The CLIP task's config (keys documented in ``configs/clip.py``)."""
+
+    task: Literal["clip"]
+    model: ClipModel
+    data: ClipData
+    objective: ClipObjective
+    evals: ClipEvals
+
+    def rules(self) -> list[str]:
+        model, objective = self.model, self.objective
+        problems = []
+        if objective.loss == "siglip" and model.logit_bias_init is None:
+            problems.append(
+                "model.logit_bias_init=None: objective.loss='siglip' needs a bias (SigLIP: -10)"
+            )
+        if objective.loss == "clip" and model.logit_bias_init is not None:
+            problems.append(
+                f"model.logit_bias_init={model.logit_bias_init!r}: objective.loss='clip' has "
+                "no bias; set it to none"
+            )
+        if objective.loss == "siglip" and objective.label_smoothing:
+            problems.append(
+                f"objective.label_smoothing={objective.label_smoothing!r}: only "
+                "objective.loss='clip' smooths labels"
+            )
+        if self.data.source == "webdataset":
+            problems += [
+                f"evals.{key}={getattr(self.evals, key)!r}: webdataset shards have no splits; "
+                "use data.source='tfds' or 'builtin' for evals, or set it to ''"
+                for key in ("zeroshot_split", "retrieval_split")
+                if getattr(self.evals, key)
+            ]
+        return problems + images.image_tower_problems(model, self.data.image_size)
+
+    def topology_problems(self, mesh_shape) -> list[str]:
+        problems = super().topology_problems(mesh_shape)
+        shards = batch_shards(mesh_shape)
+        if self.evals.batch_size % shards:
+            problems.append(
+                f"evals.batch_size={self.evals.batch_size}: must be a multiple of the batch "
+                f"shards (mesh data x fsdp = {shards}, mesh {dict(mesh_shape)})"
+            )
+        return problems
+
+    def check_data(self) -> None:
+        super().check_data()
+        data = self.data
+        images.check_dataset_on_disk(data)
+        if data.source == "webdataset":
+            from jaxalign.data.sources import expand_shards
+
+            paths = expand_shards(data.shards)
+            missing = [p for p in paths if not os.path.isfile(p)]
+            if not paths:
+                raise MissingDataError(f"config.data.shards={data.shards!r}: matches no files")
+            if missing:
+                raise MissingDataError(
+                    f"config.data.shards={data.shards!r}: {len(missing)} of its {len(paths)} "
+                    f"shards are missing, e.g. {missing[0]!r}"
+                )
+        if data.tokenizer and not os.path.isdir(os.path.expanduser(data.tokenizer)):
+            raise MissingDataError(
+                f"config.data.tokenizer={data.tokenizer!r}: no tokenizer directory there"
+            )
+
+
+# --- task --------------------------------------------------------------------------------------
+
+
+@register_task
+class ClipTask(Task):
+    """Model, loss, data and evals of CLIP-style training (see the module docstring)."""
 
     name = "clip"
+    Config = ClipConfig
 
-    def __init__(self, config: Any):
-        self.config = config
+    def __init__(self, config: ClipConfig, mesh: Mesh):
+        self.config, self.mesh = config, mesh
         model = config.model
-        dtype = DTYPES[model.dtype]
-        tower = dict(dtype=dtype, remat=model.remat)
+        tower = dict(dtype=images.DTYPES[model.dtype], remat=model.remat)
         dual: dict[str, Any] = {"logit_scale_init": float(model.logit_scale_init)}
         if model.logit_bias_init is not None:
             dual["logit_bias_init"] = float(model.logit_bias_init)
         self.model = models.build(
             model.preset,
-            image={**tower, **dict(model.image)},
-            text={**tower, "max_len": int(config.data.max_len), **dict(model.text)},
+            image={**tower, **model.image},
+            text={**tower, "max_len": config.data.max_len, **model.text},
             **dual,
         )
+        self.dataset = images.ImageDataset(config.data)
 
     # --- data ---------------------------------------------------------------------------------
 
-    @property
-    def data_dir(self) -> str:
-        return os.path.expanduser(self.config.data.data_dir)
-
     def prepare_data(self) -> None:
-        """Builds a built-in dataset (and its tokenizer) if it is not on disk yet. Process 0
-        builds first; the others then find it (a shared disk) or build their own copy (a
-        local one)."""
-        if self.config.data.source != "builtin":
-            return
-        from jaxalign.data import builtin
+        """Builds a built-in dataset (and its tokenizer) if it is not on disk yet, then opens
+        every eval split, so a missing one fails before the train step compiles."""
+        data = self.config.data
 
-        def build() -> None:
-            builtin.prepare(self.config.data.name, self.data_dir)
-            tokenizer = os.path.join(self.data_dir, builtin.TOKENIZER_DIRNAME)
-            if not self.config.data.tokenizer and (
-                jax.process_index() == 0 or not os.path.isdir(tokenizer)
-            ):
-                builtin.build_caption_tokenizer(self.data_dir)
+        def tokenizer() -> None:
+            from jaxalign.data import builtin
 
-        if jax.process_index() == 0:
-            build()
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+            path = os.path.join(self.dataset.data_dir, builtin.TOKENIZER_DIRNAME)
+            if not data.tokenizer and (jax.process_index() == 0 or not os.path.isdir(path)):
+                builtin.build_caption_tokenizer(self.dataset.data_dir)
 
-            multihost_utils.sync_global_devices("jaxalign: built-in data prepared")
-            if jax.process_index() > 0:
-                build()
+        self.dataset.prepare(tokenizer)
+        ev = self.config.evals
+        if ev.zeroshot_split:
+            self.dataset.class_names(ev.zeroshot_split, key="evals.zeroshot_split")
+        if ev.retrieval_split:
+            self.source(ev.retrieval_split, key="evals.retrieval_split")
 
     @functools.cached_property
     def tokenizer(self) -> TextTokenizer:
@@ -87,114 +227,61 @@ class ClipTask:
         from jaxalign.interop import hf
 
         path = self.config.data.tokenizer
-        if not path:  # the built-in caption tokenizer (validate() allows this for builtin only)
+        if not path:  # the built-in caption tokenizer (allowed for builtin data only)
             from jaxalign.data.builtin import TOKENIZER_DIRNAME
 
-            path = os.path.join(self.data_dir, TOKENIZER_DIRNAME)
+            path = os.path.join(self.dataset.data_dir, TOKENIZER_DIRNAME)
         return TextTokenizer(hf.load_tokenizer(os.path.expanduser(path)), self.config.data.max_len)
 
     def source(self, split: str, *, key: str = "data.train_split") -> Any:
-        """A random-access source of the configured dataset's ``split`` (images undecoded).
-
-        Raises ConfigError naming ``key`` when the split or the dataset is not there.
-        """
-        data = self.config.data
-        if data.source == "webdataset":
+        """A random-access source of the configured data's ``split`` (images undecoded)."""
+        if self.config.data.source == "webdataset":
             from jaxalign.data import WebDatasetSource
 
-            return WebDatasetSource(data.shards)
-        from jaxalign.data import tfds_source
-
-        try:
-            return tfds_source(data.name, self.data_dir, split, decode_images=False)
-        except (ValueError, FileNotFoundError) as error:
-            raise ConfigError(f"config.{key}={split!r}: {error}") from None
+            return WebDatasetSource(self.config.data.shards)
+        return self.dataset.source(split, key=key)
 
     def transform(self, *, train: bool, label: bool = False) -> ImageTextTransform:
         return ImageTextTransform(
-            image_size=int(self.config.data.image_size),
+            image_size=self.config.data.image_size,
             tokenizer=self.tokenizer,
             train=train,
             label_key="label" if label else None,
         )
 
-    def train_pipeline(self) -> Any:
+    def train_stream(self) -> Any:
         """This process's endless stream of training batches (``global_batch_size /
         process_count`` examples each), resumable with ``get_state`` / ``set_state``."""
         data = self.config.data
         return make_pipeline(
             self.source(data.train_split),
-            seed=int(self.config.seed),
-            global_batch_size=int(self.config.train.global_batch_size),
+            seed=self.config.seed,
+            global_batch_size=self.config.train.global_batch_size,
             transform=self.transform(train=True),
-            worker_count=int(data.worker_count),
-            prefetch=int(data.prefetch),
+            worker_count=data.worker_count,
+            prefetch=data.prefetch,
         )
-
-    def _embed_split(
-        self, params: Any, mesh: Mesh, split: str, eval_name: str, progress: bool
-    ) -> dict[str, np.ndarray]:
-        """``{"image": [n, embed], "text": [n, embed]}`` (+ ``"label"`` for zero-shot) of the
-        first ``evals.max_examples`` of ``split`` (all when 0), embedded sharded over the mesh."""
-        ev = self.config.evals
-        label = eval_name == "zeroshot"
-        key = f"evals.{eval_name}_split"
-        limit = int(ev.max_examples)
-        pipeline = make_pipeline(
-            self.source(f"{split}[:{limit}]" if limit else split, key=key),
-            seed=int(self.config.seed),
-            global_batch_size=int(ev.batch_size),
-            transform=self.transform(train=False, label=label),
-            num_epochs=1,
-            drop_remainder=False,
-            prefetch=0,
-        )
-        return evals.embed_dataset(
-            self._embed_fn,
-            pipeline,
-            mesh,
-            global_batch_size=int(ev.batch_size),
-            keep=("label",) if label else (),
-            params=params,
-            progress=progress,
-            desc=f"{eval_name} ({split})",
-        )
-
-    def check_eval_data(self) -> None:
-        """Opens every eval split (and its class names), so a missing one fails before the
-        train step compiles; raises ConfigError naming the key."""
-        ev = self.config.evals
-        if ev.zeroshot_split:
-            self.class_names(ev.zeroshot_split)
-        if ev.retrieval_split:
-            self.source(ev.retrieval_split, key="evals.retrieval_split")
-
-    def class_names(self, split: str) -> list[str]:
-        """The names of the ``label`` classes of ``split``'s dataset, in label order."""
-        source = self.source(split, key="evals.zeroshot_split")
-        feature = getattr(source, "dataset_info", None)
-        features = feature.features if feature is not None else {}
-        if "label" not in features or not hasattr(features["label"], "names"):
-            raise ConfigError(
-                f"config.evals.zeroshot_split={split!r}: dataset {self.config.data.name!r} has "
-                "no 'label' class feature to name the zero-shot classes"
-            )
-        return list(features["label"].names)
 
     # --- model ----------------------------------------------------------------------------------
 
-    def example_batch(self, batch_size: int) -> dict[str, np.ndarray]:
-        """A batch of zeros with the task's shapes and dtypes (for init and shardings)."""
-        size, length = int(self.config.data.image_size), int(self.config.data.max_len)
+    def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+        batch = self.config.train.global_batch_size
+        size, length = self.config.data.image_size, self.config.data.max_len
         return {
-            "image": np.zeros((batch_size, size, size, 3), np.float32),
-            "ids": np.zeros((batch_size, length), np.int32),
-            "mask": np.ones((batch_size, length), np.int32),
+            "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32),
+            "ids": jax.ShapeDtypeStruct((batch, length), jnp.int32),
+            "mask": jax.ShapeDtypeStruct((batch, length), jnp.int32),
         }
 
-    def init(self, rng: jax.Array, batch: dict[str, Any]) -> Any:
-        """Boxed variables (logical axis names kept, for ``sharded_init``)."""
-        return self.model.init(rng, batch["image"], batch["ids"], batch["mask"])
+    def init(self, rng: jax.Array) -> Any:
+        """Boxed variables, from a batch of one (the parameters do not depend on its size)."""
+        size, length = self.config.data.image_size, self.config.data.max_len
+        return self.model.init(
+            rng,
+            jnp.zeros((1, size, size, 3), jnp.float32),
+            jnp.zeros((1, length), jnp.int32),
+            jnp.ones((1, length), jnp.int32),
+        )
 
     def embed(self, params: Any, batch: dict[str, Any]) -> tuple[jax.Array, jax.Array]:
         """``([batch, embed], [batch, embed])`` unit image and text embeddings."""
@@ -203,7 +290,7 @@ class ClipTask:
         )
         return outputs["image"], outputs["text"]
 
-    def loss_on_embeddings(self, params: Any, embeddings: Any, mesh: Mesh | None) -> jax.Array:
+    def loss_on_embeddings(self, params: Any, embeddings: Any) -> jax.Array:
         """The configured loss over the global batch of ``embeddings``."""
         image, text = embeddings
         objective = self.config.objective
@@ -213,50 +300,42 @@ class ClipTask:
                 text,
                 params["logit_scale"],
                 params["logit_bias"],
-                mesh=mesh,
+                mesh=self.mesh,
                 impl=objective.impl,
-                tile=int(objective.tile),
+                tile=objective.tile,
             )
         return objectives.clip_loss(
             image,
             text,
             params["logit_scale"],
-            mesh=mesh,
+            mesh=self.mesh,
             impl=objective.impl,
-            tile=int(objective.tile),
-            label_smoothing=float(objective.label_smoothing),
+            tile=objective.tile,
+            label_smoothing=objective.label_smoothing,
         )
 
-    def make_grad_fn(self, mesh: Mesh | None):
-        """``grad_fn(params, batch) -> (loss, grads, metrics)`` for ``make_train_step``."""
-        micro_batches = int(self.config.optim.micro_batches)
+    def loss(self, params, model_state, batch, rng, step):
+        """InfoNCE / SigLIP over the global batch; no model state, no randomness."""
+        del rng, step
+        loss = self.loss_on_embeddings(params, self.embed(params, batch))
+        return loss, model_state, {"logit_scale": jnp.exp(params["logit_scale"])}
 
-        def metrics_of(params):
-            return {"logit_scale": jnp.exp(params["logit_scale"])}
-
-        if micro_batches > 1:
-
-            def grad_fn(params, batch):
-                loss, grads = objectives.cached_gradient(
-                    self.embed,
-                    lambda p, e: self.loss_on_embeddings(p, e, mesh),
-                    params,
-                    batch,
-                    num_microbatches=micro_batches,
-                    mesh=mesh,
-                )
-                return loss, grads, metrics_of(params)
-
-            return grad_fn
-
-        def loss_fn(params, batch):
-            return self.loss_on_embeddings(params, self.embed(params, batch), mesh)
-
-        def grad_fn(params, batch):
-            loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-            return loss, grads, metrics_of(params)
-
-        return grad_fn
+    def loss_and_grad(self, params, model_state, batch, rng, step):
+        """Plain ``jax.grad``, or with ``optim.micro_batches > 1`` cached-gradient
+        accumulation: the towers run micro-batch by micro-batch, the loss sees the whole
+        global batch."""
+        micro_batches = self.config.optim.micro_batches
+        if micro_batches == 1:
+            return super().loss_and_grad(params, model_state, batch, rng, step)
+        loss, grads = objectives.cached_gradient(
+            self.embed,
+            self.loss_on_embeddings,
+            params,
+            batch,
+            num_microbatches=micro_batches,
+            mesh=self.mesh,
+        )
+        return loss, grads, model_state, {"logit_scale": jnp.exp(params["logit_scale"])}
 
     # --- evals ----------------------------------------------------------------------------------
 
@@ -268,38 +347,64 @@ class ClipTask:
 
         return jax.jit(embed)
 
-    def _encode_text_fn(self, mesh: Mesh):
-        """``(params, ids [b, L], mask [b, L]) -> [b, embed]``, jitted once per mesh, with the
-        output replicated: every process reads the whole of it (class prompts are the same on
-        all processes)."""
-        cache = self.__dict__.setdefault("_encode_text_fns", {})
-        if mesh not in cache:
+    @functools.cached_property
+    def _encode_text_fn(self):
+        """``(params, ids [b, L], mask [b, L]) -> [b, embed]``, with the output replicated:
+        every process reads the whole of it (class prompts are the same on all processes)."""
 
-            def encode_text(params, ids, mask):
-                text, _ = self.model.apply({"params": params}, ids, mask, method="encode_text")
-                return text
+        def encode_text(params, ids, mask):
+            text, _ = self.model.apply({"params": params}, ids, mask, method="encode_text")
+            return text
 
-            cache[mesh] = jax.jit(encode_text, out_shardings=NamedSharding(mesh, PartitionSpec()))
-        return cache[mesh]
+        return jax.jit(encode_text, out_shardings=NamedSharding(self.mesh, PartitionSpec()))
 
-    def evaluate(self, params: Any, mesh: Mesh, *, progress: bool = False) -> dict[str, float]:
+    def _embed_split(
+        self, params: Any, split: str, eval_name: str, progress: bool
+    ) -> dict[str, np.ndarray]:
+        """``{"image": [n, embed], "text": [n, embed]}`` (+ ``"label"`` for zero-shot) of the
+        first ``evals.max_examples`` of ``split`` (all when 0), embedded sharded over the mesh."""
+        ev = self.config.evals
+        label = eval_name == "zeroshot"
+        limit = ev.max_examples
+        pipeline = make_pipeline(
+            self.source(f"{split}[:{limit}]" if limit else split, key=f"evals.{eval_name}_split"),
+            seed=self.config.seed,
+            global_batch_size=ev.batch_size,
+            transform=self.transform(train=False, label=label),
+            num_epochs=1,
+            drop_remainder=False,
+            prefetch=0,
+        )
+        return evals.embed_dataset(
+            self._embed_fn,
+            pipeline,
+            self.mesh,
+            global_batch_size=ev.batch_size,
+            keep=("label",) if label else (),
+            params=params,
+            progress=progress,
+            desc=f"{eval_name} ({split})",
+        )
+
+    def evaluate(self, variables: Any, *, progress: bool = False) -> dict[str, float]:
         """Zero-shot top-1 / top-5 on ``evals.zeroshot_split`` (and its chance rate) and
         image <-> text recall@1/5/10 on ``evals.retrieval_split``; either is skipped when its
         split is ``""``. Each split is embedded once, sharded over the mesh."""
-        ev = self.config.evals
+        ev, params = self.config.evals, variables["params"]
         results: dict[str, float] = {}
         if ev.zeroshot_split:
-            out = self._embed_split(params, mesh, ev.zeroshot_split, "zeroshot", progress)
-            with activation_context(mesh):
+            out = self._embed_split(params, ev.zeroshot_split, "zeroshot", progress)
+            names = self.dataset.class_names(ev.zeroshot_split, key="evals.zeroshot_split")
+            with activation_context(self.mesh):
                 classes = evals.class_text_embeddings(
-                    functools.partial(self._encode_text_fn(mesh), params),
+                    functools.partial(self._encode_text_fn, params),
                     self.tokenizer.encode_batch,
-                    self.class_names(ev.zeroshot_split),
-                    tuple(ev.templates),
-                    batch_size=int(ev.batch_size),
+                    names,
+                    ev.templates,
+                    batch_size=ev.batch_size,
                 )
             results.update(evals.zeroshot_accuracy(out["image"], out["label"], classes))
         if ev.retrieval_split:
-            out = self._embed_split(params, mesh, ev.retrieval_split, "retrieval", progress)
+            out = self._embed_split(params, ev.retrieval_split, "retrieval", progress)
             results.update(evals.retrieval_recall(out["image"], out["text"]))
         return results

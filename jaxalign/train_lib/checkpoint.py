@@ -12,7 +12,9 @@ checkpoint holds two items:
 
 orbax writes each checkpoint into a temporary directory and renames it when complete, so a
 process killed mid-save leaves no step directory behind: ``latest_step`` and ``restore`` only
-ever see complete checkpoints.
+ever see complete checkpoints. ``restore_part`` reads only some subtrees of the state (the
+parameters of a run to transfer or evaluate, never its optimizer moments), and
+``state_metadata`` the saved shapes without any array.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 STATE, DATA = "state", "data"
 
@@ -105,12 +108,7 @@ class Checkpointer:
           FileNotFoundError: no complete checkpoint in the directory (or no ``step``).
           ValueError: the checkpoint was written by a different number of processes.
         """
-        step = self.latest_step() if step is None else step
-        if step is None or step not in self._manager.all_steps():
-            raise FileNotFoundError(
-                f"no complete checkpoint{'' if step is None else f' at step {step}'} in "
-                f"{self.directory!r} (steps there: {list(self._manager.all_steps())})"
-            )
+        step = self._step(step)
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -125,6 +123,37 @@ class Checkpointer:
                 f"{len(data)} processes; this run has {jax.process_count()}"
             )
         return restored[STATE], data[key], step
+
+    def _step(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None or step not in self._manager.all_steps():
+            raise FileNotFoundError(
+                f"no complete checkpoint{'' if step is None else f' at step {step}'} in "
+                f"{self.directory!r} (steps there: {list(self._manager.all_steps())})"
+            )
+        return step
+
+    def state_metadata(self, step: int | None = None) -> tuple[Any, int]:
+        """``(tree, step)``: the saved state of checkpoint ``step`` (the newest by default) as
+        nested dicts of ``ArrayMetadata`` (``.shape``, ``.dtype``), read without its arrays."""
+        step = self._step(step)
+        handler = ocp.PyTreeCheckpointHandler()
+        return handler.metadata(epath.Path(self.directory) / str(step) / STATE).tree, step
+
+    def restore_part(self, abstract: dict[str, Any], step: int | None = None) -> tuple[Any, int]:
+        """``(part, step)``: only the subtrees of the saved state that ``abstract`` names
+        (e.g. ``{"params": ..., "model_state": ...}``, never the optimizer state), as
+        ``jax.ShapeDtypeStruct``s with shardings, restored into those shardings."""
+        step = self._step(step)
+        checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+        part = checkpointer.restore(
+            epath.Path(self.directory) / str(step) / STATE,
+            args=ocp.args.PyTreeRestore(
+                item=abstract, restore_args=restore_args, partial_restore=True
+            ),
+        )
+        return part, step
 
     def reached_preemption(self, step: int) -> bool:
         """Whether all processes agreed to stop at ``step`` after a preemption notice (jax's

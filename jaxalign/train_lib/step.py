@@ -1,11 +1,14 @@
 """The generic train step: one factory, one jitted function for every task.
 
-``make_train_step(grad_fn, tx, state_shardings, batch_sharding)`` returns
-``step(state, batch) -> (state, metrics)``, compiled with ``jax.jit`` with explicit in / out
-shardings and the state donated. ``grad_fn(params, batch) -> (loss, grads, metrics)`` is the
-task's (plain ``value_and_grad`` or cached-gradient accumulation). An update whose loss or
-gradients are not finite is skipped (parameters and optimizer state kept) and counted; the loop
-stops the run after ``max_nonfinite_in_a_row`` of them.
+``make_train_step(loss_and_grad, tx, seed=..., ema_decay=..., state_shardings=...,
+batch_sharding=...)`` returns ``step(state, batch) -> (state, metrics)``, compiled with
+``jax.jit`` with explicit in / out shardings and the state donated. ``loss_and_grad(params,
+model_state, batch, rng, step) -> (loss, grads, model_state, metrics)`` is the task's
+(``Task.loss_and_grad``); the step gives it ``rng = fold_in(key(seed), step)`` and ``step =
+state.step`` (the updates done before this one), never anything that depends on the device or
+the process. An update whose loss or gradients are not finite is skipped (parameters, model
+state, optimizer state and moving average kept) and counted; the loop stops the run after
+``max_nonfinite_in_a_row`` of them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import optax
 
 from jaxalign.train_lib.state import TrainState
 
-GradFn = Callable[[Any, Any], tuple[jax.Array, Any, dict[str, jax.Array]]]
+LossAndGrad = Callable[..., tuple[jax.Array, Any, Any, dict[str, jax.Array]]]
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -27,14 +30,25 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def step_rng(seed: int, step: jax.Array) -> jax.Array:
+    """The random key of step ``step``: ``fold_in(key(seed), step)``."""
+    return jax.random.fold_in(jax.random.key(seed), step)
+
+
 def train_step(
-    grad_fn: GradFn,
+    loss_and_grad: LossAndGrad,
     tx: optax.GradientTransformation,
     state: TrainState,
     batch: Any,
+    *,
+    seed: int,
+    ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One update (not jitted; see ``make_train_step``)."""
-    loss, grads, metrics = grad_fn(state.params, batch)
+    rng = step_rng(seed, state.step)
+    loss, grads, model_state, metrics = loss_and_grad(
+        state.params, state.model_state, batch, rng, state.step
+    )
     finite = jnp.isfinite(loss) & _all_finite(grads)
     # Zero non-finite gradients before the update so its arithmetic stays finite; the update is
     # then discarded by the select below.
@@ -45,11 +59,18 @@ def train_step(
     def keep_if_finite(new, old):
         return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
+    ema_params = state.ema_params
+    if ema_params is not None:
+        ema_params = keep_if_finite(
+            optax.incremental_update(params, ema_params, 1.0 - ema_decay), ema_params
+        )
     skipped = (~finite).astype(jnp.int32)
     new_state = TrainState(
         step=state.step + 1,
         params=keep_if_finite(params, state.params),
+        model_state=keep_if_finite(model_state, state.model_state),
         opt_state=keep_if_finite(opt_state, state.opt_state),
+        ema_params=ema_params,
         nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
         nonfinite_total=state.nonfinite_total + skipped,
     )
@@ -65,17 +86,20 @@ def train_step(
 
 
 def make_train_step(
-    grad_fn: GradFn,
+    loss_and_grad: LossAndGrad,
     tx: optax.GradientTransformation,
+    *,
+    seed: int,
+    ema_decay: float,
     state_shardings: Any,
     batch_sharding: Any,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
     """``step(state, batch) -> (state, metrics)``, jitted with the state's shardings (from the
-    models' logical axis rules), the batch's (batch over ``data`` and ``fsdp``), replicated
-    metrics, and the state donated."""
+    models' logical axis rules), the batch's (every leaf's batch over ``data`` and ``fsdp``),
+    replicated metrics, and the state donated."""
 
     def step(state, batch):
-        return train_step(grad_fn, tx, state, batch)
+        return train_step(loss_and_grad, tx, state, batch, seed=seed, ema_decay=ema_decay)
 
     return jax.jit(
         step,

@@ -304,3 +304,148 @@ def test_tfds_source_errors_name_path_name_and_split(tfds_dir, tmp_path):
     assert not (tfds_dir / "no_such_dataset_xyz").exists()  # nothing downloaded or generated
     with pytest.raises(ValueError, match="validation"):
         tfds_source("jaxalign_sources_test_ds", tfds_dir, "validation")
+
+
+def test_per_class_subset_reads_tfds_labels(tfds_dir):
+    source = tfds_source("jaxalign_sources_test_ds", tfds_dir, "train", decode_images=False)
+    subset = sources.per_class_subset(source, per_class=1, seed=0)
+    assert sorted(int(subset[i]["label"]) for i in range(len(subset))) == [0, 1, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# per_class_subset
+
+
+def labelled_records(counts: dict[int, int], seed: int = 0) -> list[dict]:
+    """Records ``{"label", "id", "x"}`` with ``counts[c]`` records of class ``c``, shuffled;
+    ``id`` names a record across sources built from the same records."""
+    labels = np.concatenate([np.full(n, c) for c, n in counts.items()])
+    labels = np.random.default_rng(seed).permutation(labels)
+    return [
+        {"label": int(c), "id": f"r{i}", "x": np.full(2, i, np.float32)}
+        for i, c in enumerate(labels)
+    ]
+
+
+COUNTS = {0: 12, 1: 7, 2: 20, 5: 9}  # class 3 and 4 absent
+
+
+def chosen_ids(subset, label: int) -> list[str]:
+    return [subset[i]["id"] for i in range(len(subset)) if subset[i]["label"] == label]
+
+
+def test_per_class_subset_keeps_exactly_per_class_of_each_class_in_source_order():
+    records = labelled_records(COUNTS)
+    subset = sources.per_class_subset(records, per_class=5, seed=3)
+    assert len(subset) == 5 * len(COUNTS)
+    labels = [subset[i]["label"] for i in range(len(subset))]
+    assert {c: labels.count(c) for c in set(labels)} == {c: 5 for c in COUNTS}
+    assert subset.indices.dtype == np.int64
+    assert np.all(np.diff(subset.indices) > 0)  # increasing, no repeats
+    for i, index in enumerate(subset.indices):
+        assert subset[i] is records[index]
+    assert subset[-1] is records[subset.indices[-1]]
+    assert repr(subset) == f"Subset({records!r}, 20 of {len(records)} records)"
+    assert np.array_equal(pickle.loads(pickle.dumps(subset)).indices, subset.indices)
+    # per_class = the smallest class keeps all of it.
+    whole = sources.per_class_subset(records, per_class=7, seed=3)
+    assert sorted(chosen_ids(whole, 1)) == sorted(r["id"] for r in records if r["label"] == 1)
+
+
+def test_per_class_subset_choice_is_fixed_by_seed_and_class():
+    records = labelled_records(COUNTS)
+    first = sources.per_class_subset(records, per_class=4, seed=11)
+    again = sources.per_class_subset(records, per_class=4, seed=11)
+    np.testing.assert_array_equal(first.indices, again.indices)
+    others = [sources.per_class_subset(records, per_class=4, seed=s).indices for s in (12, 13)]
+    for other in others:
+        assert not np.array_equal(other, first.indices)
+        for c in COUNTS:  # every class is redrawn, not only some
+            if COUNTS[c] > 4:
+                assert chosen_ids(first, c) != [
+                    records[i]["id"] for i in other if records[i]["label"] == c
+                ]
+    # The documented draw: positions among the class's records from default_rng([seed, class]).
+    for c, n in COUNTS.items():
+        members = [i for i, r in enumerate(records) if r["label"] == c]
+        positions = np.random.default_rng([11, c]).choice(n, size=4, replace=False)
+        assert chosen_ids(first, c) == [records[members[p]]["id"] for p in sorted(positions)]
+
+
+def test_per_class_subset_of_a_class_ignores_the_other_classes():
+    records = labelled_records(COUNTS)
+    full = sources.per_class_subset(records, per_class=6, seed=2)
+    # The same class-0 and class-2 records (same relative order), others removed or added.
+    only_two = [r for r in records if r["label"] in (0, 2)]
+    extra = [{"label": 7, "id": f"e{i}", "x": np.zeros(2, np.float32)} for i in range(10)]
+    mixed = list(only_two)
+    for k, record in enumerate(extra):  # a new class interleaved, every third position
+        mixed.insert(3 * k, record)
+    for variant in (only_two, mixed):
+        subset = sources.per_class_subset(variant, per_class=6, seed=2)
+        for c in (0, 2):
+            assert chosen_ids(subset, c) == chosen_ids(full, c)
+    assert len(sources.per_class_subset(mixed, per_class=6, seed=2)) == 18
+
+
+def test_per_class_subset_takes_array_labels_and_other_label_keys():
+    records = labelled_records(COUNTS)
+    arrays = [{"y": np.array(r["label"], np.int64), "id": r["id"]} for r in records]
+    from_arrays = sources.per_class_subset(arrays, per_class=3, seed=1, label_key="y")
+    from_ints = sources.per_class_subset(records, per_class=3, seed=1)
+    np.testing.assert_array_equal(from_arrays.indices, from_ints.indices)
+    scalars = [{"label": np.int32(r["label"]), "id": r["id"]} for r in records]
+    from_scalars = sources.per_class_subset(scalars, per_class=3, seed=1)
+    np.testing.assert_array_equal(from_scalars.indices, from_ints.indices)
+
+
+def test_per_class_subset_feeds_the_pipeline():
+    from jaxalign.data.pipeline import make_pipeline
+
+    records = labelled_records(COUNTS)
+    subset = sources.per_class_subset(records, per_class=2, seed=0)
+    pipeline = make_pipeline(
+        subset,
+        seed=0,
+        global_batch_size=4,
+        transform=lambda record, key: {"x": record["x"], "label": np.int64(record["label"])},
+        process_index=0,
+        process_count=1,
+        num_epochs=1,
+    )
+    batches = list(pipeline)
+    seen = np.concatenate([b["x"][:, 0] for b in batches]).astype(int)
+    assert sorted(seen) == sorted(subset.indices.tolist())
+    assert sorted(np.concatenate([b["label"] for b in batches]).tolist()) == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        2,
+        5,
+        5,
+    ]
+
+
+def test_per_class_subset_errors_name_the_problem():
+    records = labelled_records(COUNTS)
+    with pytest.raises(ValueError, match=r"class 1 has 7 records, fewer than per_class=8"):
+        sources.per_class_subset(records, per_class=8, seed=0)
+    broken = [*records[:4], {"id": "no label"}, *records[4:]]
+    with pytest.raises(ValueError, match=r"record 4 has no label key 'label'"):
+        sources.per_class_subset(broken, per_class=2, seed=0)
+    with pytest.raises(ValueError, match=r"record 0 has no label key 'target'"):
+        sources.per_class_subset(records, per_class=2, seed=0, label_key="target")
+    for per_class in (0, -1):
+        with pytest.raises(ValueError, match=rf"per_class={per_class} must be >= 1"):
+            sources.per_class_subset(records, per_class=per_class, seed=0)
+    with pytest.raises(ValueError, match="seed=-1"):
+        sources.per_class_subset(records, per_class=1, seed=-1)
+    with pytest.raises(ValueError, match="empty"):
+        sources.per_class_subset([], per_class=1, seed=0)
+    for bad in (np.array([1, 2]), 1.5, -1, "cat"):
+        with pytest.raises(ValueError, match=r"record 2's 'label'"):
+            sources.per_class_subset(
+                [*records[:2], {"label": bad}, *records[2:]], per_class=1, seed=0
+            )

@@ -1,49 +1,37 @@
 """The generic train step on the CLIP task: 1 device = 8 devices, compiles once, skips and
-counts non-finite updates, cached gradients equal the plain step; the weight-decay mask."""
+counts non-finite updates, cached gradients equal the plain step, the step's random key and
+number, parameter groups (learning-rate multipliers, frozen parameters), the parameters' moving
+average; the weight-decay mask."""
+
+import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from jaxalign import config as config_lib
 from jaxalign.parallel import batch_sharding, make_mesh
 from jaxalign.parallel.sharding import activation_context, sharded_init
-from jaxalign.tasks import get_task
+from jaxalign.tasks import ParamGroup, get_task
 from jaxalign.train_lib import TrainState, decay_mask, make_optimizer, make_train_step
+from jaxalign.train_lib.step import step_rng
 
 BATCH = 16
+CLIP = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "clip.py")
 
 
-def _config(**objective) -> ml_collections.ConfigDict:
-    small = dict(width=32, depth=1, mlp_dim=64, num_heads=2)
-    return ml_collections.ConfigDict(
-        dict(
-            task="clip",
-            model=dict(
-                preset="tiny",
-                dtype="float32",
-                remat="none",
-                logit_scale_init=float(np.log(1 / 0.07)),
-                logit_bias_init=None,
-                image=dict(patch_size=8, **small),
-                text=dict(vocab_size=64, **small),
-            ),
-            data=dict(image_size=16, max_len=8),
-            objective={**dict(loss="clip", impl="naive", tile=8, label_smoothing=0.0), **objective},
-            optim=dict(
-                lr=1e-2,
-                warmup_steps=2,
-                min_lr_ratio=0.1,
-                weight_decay=0.1,
-                b1=0.9,
-                b2=0.98,
-                eps=1e-6,
-                clip_norm=1.0,
-                micro_batches=1,
-            ),
-        )
-    )
+def _config(*overrides: str):
+    defaults = {
+        "data.image_size": "16",
+        "data.max_len": "8",
+        "model.text.vocab_size": "64",
+        "optim.lr": "1e-2",
+        "optim.warmup_steps": "2",
+        "optim.weight_decay": "0.1",
+    }
+    defaults.update(o.split("=", 1) for o in overrides)
+    return config_lib.load(f"{CLIP}:tiny", [f"{k}={v}" for k, v in defaults.items()])
 
 
 def _batches(count, seed=0):
@@ -56,31 +44,38 @@ def _batches(count, seed=0):
         }
 
 
-def _setup(config, mesh_shape, steps=10):
-    task = get_task(config)
-    mesh = make_mesh(mesh_shape, devices=jax.devices()[: int(np.prod(list(mesh_shape.values())))])
-    tx, _ = make_optimizer(config.optim, steps)
-    example = task.example_batch(BATCH)
+def _setup(config, mesh_shape, steps=10, groups=None, loss_and_grad=None):
+    devices = jax.devices()[: int(np.prod(list(mesh_shape.values())))]
+    mesh = make_mesh(mesh_shape, devices=devices)
+    task = get_task(config, mesh)
+    groups = task.param_groups() if groups is None else groups
+    tx, _ = make_optimizer(config.optim, steps, groups)
+    ema = config.optim.ema_decay > 0
 
     def init_state(rng):
-        variables = task.init(rng, example)
-        return TrainState.create(variables["params"], tx)
+        return TrainState.create(task.init(rng), tx, ema=ema)
 
     state, shardings = sharded_init(init_state, mesh, jax.random.key(0))
     traces = []
+    inner = loss_and_grad or task.loss_and_grad
 
-    grad_fn = task.make_grad_fn(mesh)
-
-    def counted(params, batch):
+    def counted(*args):
         traces.append(1)
-        return grad_fn(params, batch)
+        return inner(*args)
 
-    step = make_train_step(counted, tx, shardings, batch_sharding(mesh))
+    step = make_train_step(
+        counted,
+        tx,
+        seed=config.seed,
+        ema_decay=config.optim.ema_decay,
+        state_shardings=shardings,
+        batch_sharding=batch_sharding(mesh),
+    )
     return mesh, state, step, traces
 
 
-def _run(config, mesh_shape, batches):
-    mesh, state, step, traces = _setup(config, mesh_shape)
+def _run(config, mesh_shape, batches, **kwargs):
+    mesh, state, step, traces = _setup(config, mesh_shape, **kwargs)
     losses = []
     with activation_context(mesh):
         for batch in batches:
@@ -91,10 +86,8 @@ def _run(config, mesh_shape, batches):
 
 @pytest.mark.parametrize("loss", ["clip", "siglip"])
 def test_one_device_equals_eight(loss):
-    config = _config(loss=loss)
-    if loss == "siglip":
-        config.model.logit_bias_init = -10.0
-        config.model.logit_scale_init = float(np.log(10.0))
+    extra = ["objective.loss=siglip", "model.logit_bias_init=-10"] if loss == "siglip" else []
+    config = _config(*extra)
     one, state_one, traces = _run(config, {"data": 1}, _batches(5))
     eight, state_eight, _ = _run(config, {"data": 2, "fsdp": 4}, _batches(5))
     np.testing.assert_allclose(eight, one, rtol=1e-5)
@@ -110,8 +103,7 @@ def test_one_device_equals_eight(loss):
 
 
 def test_nonfinite_update_is_skipped_and_counted():
-    config = _config()
-    mesh, state, step, _ = _setup(config, {"data": 8})
+    mesh, state, step, _ = _setup(_config("optim.ema_decay=0.9"), {"data": 8})
     good, bad, good2 = _batches(3)
     bad["image"][3, 2, 2, 1] = np.nan
     with activation_context(mesh):
@@ -120,8 +112,10 @@ def test_nonfinite_update_is_skipped_and_counted():
         state, metrics = step(state, bad)
         assert int(metrics["skipped"]) == 1 and int(metrics["nonfinite_in_a_row"]) == 1
         after = jax.device_get(state)
-        jax.tree.map(np.testing.assert_array_equal, after.params, before.params)
-        jax.tree.map(np.testing.assert_array_equal, after.opt_state, before.opt_state)
+        for field in ("params", "opt_state", "ema_params", "model_state"):
+            jax.tree.map(
+                np.testing.assert_array_equal, getattr(after, field), getattr(before, field)
+            )
         assert int(after.step) == 2 and int(after.nonfinite_total) == 1
         state, metrics = step(state, good2)
     assert int(metrics["skipped"]) == 0 and int(metrics["nonfinite_in_a_row"]) == 0
@@ -130,12 +124,9 @@ def test_nonfinite_update_is_skipped_and_counted():
 
 
 def test_cached_gradient_step_equals_plain_step():
-    plain = _config()
-    cached = _config()
-    cached.optim.micro_batches = 2
     batches = list(_batches(2))
-    loss_plain, state_plain, _ = _run(plain, {"data": 4}, batches)
-    loss_cached, state_cached, _ = _run(cached, {"data": 4}, batches)
+    loss_plain, state_plain, _ = _run(_config(), {"data": 4}, batches)
+    loss_cached, state_cached, _ = _run(_config("optim.micro_batches=2"), {"data": 4}, batches)
     np.testing.assert_allclose(loss_cached, loss_plain, rtol=1e-5)
     # atol: parameters whose gradient is zero up to float32 rounding (e.g. attention key biases)
     # move by Adam-normalised rounding noise, ~1e-6 here.
@@ -144,6 +135,80 @@ def test_cached_gradient_step_equals_plain_step():
         jax.device_get(state_cached.params),
         jax.device_get(state_plain.params),
     )
+
+
+@pytest.mark.parametrize("mesh_shape", [{"data": 1}, {"data": 8}])
+def test_the_step_gets_fold_in_of_seed_and_step(mesh_shape):
+    """The loss sees ``rng = fold_in(key(seed), s)`` and ``step = s`` for the s-th update
+    (0-based), whatever the mesh."""
+    config = _config("seed=7")
+    task = get_task(config, make_mesh(mesh_shape, devices=jax.devices()[: mesh_shape["data"]]))
+
+    def loss_and_grad(params, model_state, batch, rng, step):
+        loss, grads, model_state, _ = task.loss_and_grad(
+            params, model_state, batch, rng, step
+        )
+        return loss, grads, model_state, {"draw": jax.random.uniform(rng), "step_seen": step}
+
+    mesh, state, step, _ = _setup(config, mesh_shape, loss_and_grad=loss_and_grad)
+    with activation_context(mesh):
+        for s, batch in enumerate(_batches(3)):
+            state, metrics = step(state, batch)
+            assert int(metrics["step_seen"]) == s
+            want = jax.random.uniform(jax.random.fold_in(jax.random.key(7), s))
+            assert (
+                float(metrics["draw"]) == float(want) == float(jax.random.uniform(step_rng(7, s)))
+            )
+
+
+def _delta(before, after):
+    return jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), before, after)
+
+
+def test_parameter_groups_scale_and_freeze():
+    config = _config("optim.warmup_steps=0")  # a non-zero rate at the first update
+    batch = list(_batches(1))
+    plain = _run(config, {"data": 8}, batch, groups=())[1]
+    halved = _run(config, {"data": 8}, batch, groups=(ParamGroup("^image_tower/", 0.5),))[1]
+    frozen = _run(config, {"data": 8}, batch, groups=(ParamGroup("^text_tower/", 0.0),))[1]
+    _, start, _, _ = _setup(config, {"data": 8}, groups=())
+    start = jax.device_get(start.params)
+    d_plain = _delta(start, jax.device_get(plain.params))
+    d_half = _delta(start, jax.device_get(halved.params))
+    d_frozen = _delta(start, jax.device_get(frozen.params))
+    # AdamW's step (the decay term included) is proportional to the rate.
+    jax.tree.map(
+        lambda h, p: np.testing.assert_allclose(h, 0.5 * p, rtol=1e-4, atol=1e-7),
+        d_half["image_tower"],
+        d_plain["image_tower"],
+    )
+    jax.tree.map(np.testing.assert_array_equal, d_half["text_tower"], d_plain["text_tower"])
+    assert all(np.all(d == 0) for d in jax.tree.leaves(d_frozen["text_tower"]))
+    assert any(np.any(d != 0) for d in jax.tree.leaves(d_frozen["image_tower"]))
+    # Frozen parameters keep no Adam moments: fewer optimizer arrays than parameters twice.
+    count = lambda state: sum(x.size for x in jax.tree.leaves(state.opt_state))
+    text_size = sum(x.size for x in jax.tree.leaves(start["text_tower"]))
+    assert count(plain) - count(frozen) == 2 * text_size
+
+
+def test_moving_average_of_the_parameters():
+    config = _config("optim.ema_decay=0.75")
+    mesh, state, step, _ = _setup(config, {"data": 8})
+    ema = jax.device_get(state.ema_params)
+    jax.tree.map(np.testing.assert_array_equal, ema, jax.device_get(state.params))
+    with activation_context(mesh):
+        for batch in _batches(3):
+            state, _ = step(state, batch)
+            params = jax.device_get(state.params)
+            ema = jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, ema, params)
+            jax.tree.map(
+                lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                jax.device_get(state.ema_params),
+                ema,
+            )
+    variables = state.eval_variables()
+    assert variables["params"] is state.ema_params  # evals read the average
+    assert _setup(_config(), {"data": 8})[1].ema_params is None  # off: nothing kept
 
 
 def test_decay_mask():

@@ -1,0 +1,155 @@
+"""What image tasks share: the image tower a config names, the dataset on disk, and the config
+pieces and rules for both.
+
+- Config pieces: ``Preset``, ``Dtype``, ``Remat`` (the allowed values), ``IMAGE_FIELDS`` (the
+  free group ``model.image``: fields of the ``ViT`` or ``ConvNet`` tower overriding the
+  preset's), ``image_tower_problems`` (those fields belong to the preset's tower; the image
+  side fits its stride), ``dataset_problems`` and ``check_dataset_on_disk`` (a built-in name
+  exists; a TFDS dataset is prepared under ``data.data_dir``).
+- ``ImageDataset``: a config's ``data`` group on disk: built-in datasets are built on first use
+  (process 0 first), splits open as random-access sources (records with undecoded images), and
+  a split's class names come from its TFDS ``ClassLabel``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+
+from jaxalign import models
+from jaxalign.models.layers import REMAT_POLICIES
+from jaxalign.schema import ConfigError, MissingDataError, ModuleFields
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+Preset = Literal[tuple(models.PRESETS)]  # type: ignore[valid-type]
+Dtype = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
+Remat = Literal[tuple(REMAT_POLICIES)]  # type: ignore[valid-type]
+IMAGE_FIELDS = ModuleFields(
+    (("jaxalign.models.cnn", "ConvNet"), ("jaxalign.models.vit", "ViT")),
+    {"dtype": "model.dtype", "remat": "model.remat"},
+)
+
+
+def image_tower(model: Any) -> Any:
+    """The image tower of a config's ``model`` group (``preset``, ``dtype``, ``remat``,
+    ``image``)."""
+    fields = dict(dtype=DTYPES[model.dtype], remat=model.remat, **dict(model.image))
+    return models.build_image_tower(model.preset, **fields)
+
+
+def image_tower_problems(model: Any, image_size: int) -> list[str]:
+    """``model.image`` fields must belong to the preset's tower (``ConvNet`` for "cnn"
+    presets, else ``ViT``); ``data.image_size`` must be a multiple of its stride. Lines
+    relative to the whole config."""
+    cnn = models.PRESETS[model.preset].image_variant == "cnn"
+    tower = "ConvNet" if cnn else "ViT"
+    module = ModuleFields(((f"jaxalign.models.{'cnn' if cnn else 'vit'}", tower),))
+    choices = sorted(set(module.fields()) - {"dtype", "remat"})
+    problems = [
+        f"model.image.{key}={value!r}: not a field of the {tower} image tower of "
+        f"model.preset={model.preset!r}; choose from {choices}"
+        for key, value in model.image.items()
+        if key not in choices
+    ]
+    if problems:
+        return problems
+    stride, what = models.image_stride(model.preset, dict(model.image))
+    if image_size % stride:
+        problems.append(
+            f"data.image_size={image_size}: must be a multiple of {what} "
+            f"(model.preset={model.preset!r})"
+        )
+    return problems
+
+
+def dataset_problems(data: Any) -> list[str]:
+    """A built-in ``data.name`` must exist; a TFDS source needs a name. Lines relative to the
+    ``data`` group."""
+    from jaxalign.data.builtin import BUILTIN
+
+    if data.source == "builtin" and data.name not in BUILTIN:
+        return [
+            f"name={data.name!r}: not a built-in dataset; choose from {sorted(BUILTIN)} "
+            "(or set data.source)"
+        ]
+    if data.source == "tfds" and not data.name:
+        return ["name='': data.source='tfds' needs the dataset's name"]
+    return []
+
+
+def check_dataset_on_disk(data: Any) -> None:
+    """Raises ``MissingDataError`` when a TFDS dataset is not under ``data.data_dir``."""
+    if data.source != "tfds":
+        return
+    data_dir = os.path.expanduser(data.data_dir)
+    path = os.path.join(data_dir, data.name.split(":")[0])
+    prepared = os.path.isfile(os.path.join(data_dir, "dataset_info.json"))
+    if not (os.path.isdir(path) or prepared):
+        raise MissingDataError(
+            f"config.data.name={data.name!r}: no TFDS dataset at {path!r} "
+            f"(config.data.data_dir={data.data_dir!r})"
+        )
+
+
+def on_every_process(build: Callable[[], None]) -> None:
+    """Runs ``build`` on process 0, then, after all processes meet, on the others: they find
+    what process 0 built (a shared disk) or build their own copy (a local one)."""
+    if jax.process_index() == 0:
+        build()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxalign: data prepared")
+        if jax.process_index() > 0:
+            build()
+
+
+class ImageDataset:
+    """A config's ``data`` group (``source``, ``name``, ``data_dir``) on disk."""
+
+    def __init__(self, data: Any):
+        self.data = data
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.expanduser(self.data.data_dir)
+
+    def prepare(self, extra: Callable[[], None] | None = None) -> None:
+        """Builds a built-in dataset if it is not on disk yet (and runs ``extra``, e.g. the
+        caption tokenizer's build), on every process (``on_every_process``)."""
+        if self.data.source != "builtin":
+            return
+        from jaxalign.data import builtin
+
+        def build() -> None:
+            builtin.prepare(self.data.name, self.data_dir)
+            if extra is not None:
+                extra()
+
+        on_every_process(build)
+
+    def source(self, split: str, *, key: str) -> Any:
+        """A random-access source of ``split`` (images undecoded); ConfigError naming ``key``
+        when the split or the dataset is not there."""
+        from jaxalign.data import tfds_source
+
+        try:
+            return tfds_source(self.data.name, self.data_dir, split, decode_images=False)
+        except (ValueError, FileNotFoundError) as error:
+            raise ConfigError(f"config.{key}={split!r}: {error}") from None
+
+    def class_names(self, split: str, *, key: str, label_key: str = "label") -> list[str]:
+        """The names of the ``label_key`` classes of ``split``'s dataset, in label order."""
+        source = self.source(split, key=key)
+        info = getattr(source, "dataset_info", None)
+        features = info.features if info is not None else {}
+        if label_key not in features or not hasattr(features[label_key], "names"):
+            raise ConfigError(
+                f"config.{key}={split!r}: dataset {self.data.name!r} has no {label_key!r} class "
+                "feature to name the classes"
+            )
+        return list(features[label_key].names)
