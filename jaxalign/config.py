@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -106,6 +107,7 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
     module_spec = importlib.util.spec_from_file_location(name, path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses (flax modules) defined in the file look it up
     module_spec.loader.exec_module(module)  # may register a task the file defines
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):

@@ -3,7 +3,7 @@ files, 1 device = 8 devices, exact resume after SIGKILL, SIGTERM, one compilatio
 updates, bad configs, resuming with another config, and ``jaxalign eval``.
 
 Runs that must die (SIGKILL / SIGTERM at a chosen step) are real subprocesses of the real
-trainer; a few lines of test code in the child send the signal when the step is logged.
+trainer (``tests/trainer_child.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from jaxalign import cli, train
 from jaxalign import config as config_lib
 from jaxalign.tasks.clip import ClipTask
 from jaxalign.train_lib.metric_writers import read_metrics
+from tests.trainer_child import losses, run_trainer
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "clip.py")
 
@@ -46,46 +47,11 @@ def _load(data_dir, **extra):
     return config_lib.load(f"{CONFIG}:tiny", _overrides(data_dir, **extra))
 
 
-def _run_child(
-    workdir, overrides, *, signal_at=None, signal_name="SIGKILL", after_checkpoint=0, timeout=300
-):
-    """``python -m jaxalign.train`` in a subprocess on one CPU device; with ``signal_at`` the
-    child sends itself ``signal_name`` as soon as that step's metrics are written (once the
-    asynchronous checkpoint ``after_checkpoint`` is complete on disk, if given)."""
-    code = "import sys\nfrom jaxalign import cli\n"
-    if signal_at is not None:
-        done = os.path.join(workdir, "checkpoints", str(after_checkpoint))
-        code += textwrap.dedent(
-            f"""
-            import os, signal, time
-            from jaxalign.train_lib import metric_writers
-            _write = metric_writers.MetricWriter.write
-            def write(self, step, metrics):
-                row = _write(self, step, metrics)
-                if step == {signal_at} and "loss" in row:
-                    deadline = time.time() + 60
-                    while {after_checkpoint} and not os.path.isdir({done!r}):
-                        assert time.time() < deadline, "checkpoint never completed"
-                        time.sleep(0.05)
-                    os.kill(os.getpid(), signal.{signal_name})
-                return row
-            metric_writers.MetricWriter.write = write
-            """
-        )
-    code += "sys.exit(cli.main(['train', *sys.argv[1:]]))\n"
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-c", code, f"--config={CONFIG}:tiny", f"--workdir={workdir}", *overrides],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
+def _run_child(workdir, overrides, **kwargs):
+    return run_trainer(f"{CONFIG}:tiny", workdir, overrides, **kwargs)
 
 
-def _losses(workdir):
-    return {row["step"]: row["loss"] for row in read_metrics(workdir) if "loss" in row}
+_losses = losses
 
 
 RESUME = {"train.steps": 8, "train.checkpoint_every": 3, "train.eval_every": 8}

@@ -145,9 +145,7 @@ def test_the_step_gets_fold_in_of_seed_and_step(mesh_shape):
     task = get_task(config, make_mesh(mesh_shape, devices=jax.devices()[: mesh_shape["data"]]))
 
     def loss_and_grad(params, model_state, batch, rng, step):
-        loss, grads, model_state, _ = task.loss_and_grad(
-            params, model_state, batch, rng, step
-        )
+        loss, grads, model_state, _ = task.loss_and_grad(params, model_state, batch, rng, step)
         return loss, grads, model_state, {"draw": jax.random.uniform(rng), "step_seen": step}
 
     mesh, state, step, _ = _setup(config, mesh_shape, loss_and_grad=loss_and_grad)

@@ -1,0 +1,65 @@
+"""Runs the real trainer command in a child process, optionally killing it at a chosen step.
+
+Runs that must die (SIGKILL / SIGTERM at a chosen step) are real subprocesses of ``jaxalign
+train``; a few lines of code in the child send the signal when the step is logged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from jaxalign.train_lib.metric_writers import read_metrics
+
+
+def run_trainer(
+    spec,
+    workdir,
+    overrides,
+    *,
+    signal_at=None,
+    signal_name="SIGKILL",
+    after_checkpoint=0,
+    timeout=300,
+):
+    """``jaxalign train --config=spec --workdir=workdir *overrides`` in a subprocess on one CPU
+    device; with ``signal_at`` the child sends itself ``signal_name`` as soon as that step's
+    metrics are written (once the asynchronous checkpoint ``after_checkpoint`` is complete on
+    disk, if given)."""
+    code = "import sys\nfrom jaxalign import cli\n"
+    if signal_at is not None:
+        done = os.path.join(workdir, "checkpoints", str(after_checkpoint))
+        code += textwrap.dedent(
+            f"""
+            import os, signal, time
+            from jaxalign.train_lib import metric_writers
+            _write = metric_writers.MetricWriter.write
+            def write(self, step, metrics):
+                row = _write(self, step, metrics)
+                if step == {signal_at} and "loss" in row:
+                    deadline = time.time() + 60
+                    while {after_checkpoint} and not os.path.isdir({done!r}):
+                        assert time.time() < deadline, "checkpoint never completed"
+                        time.sleep(0.05)
+                    os.kill(os.getpid(), signal.{signal_name})
+                return row
+            metric_writers.MetricWriter.write = write
+            """
+        )
+    code += "sys.exit(cli.main(['train', *sys.argv[1:]]))\n"
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-c", code, f"--config={spec}", f"--workdir={workdir}", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def losses(workdir):
+    """``{step: loss}`` of a run's ``metrics.jsonl``."""
+    return {row["step"]: row["loss"] for row in read_metrics(workdir) if "loss" in row}
