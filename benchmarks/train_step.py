@@ -112,19 +112,26 @@ def jaxalign_rate(path: str, batch: dict[str, np.ndarray]) -> tuple[float, int]:
     mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
     tx = optax.adamw(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WEIGHT_DECAY)
 
-    def grad_fn(params, batch):
+    def loss_and_grad(params, model_state, batch, rng, step):
         def loss_fn(params):
             out, _ = model.apply({"params": params}, batch["image"], batch["ids"], batch["mask"])
             return objectives.clip_loss(out["image"], out["text"], out["logit_scale"])
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
-        return loss, grads, {}
+        return loss, grads, model_state, {}
 
     sharding = batch_sharding(mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    state = jax.device_put(TrainState.create(variables["params"], tx), replicated)
+    state = jax.device_put(TrainState.create(variables, tx), replicated)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    step = make_train_step(grad_fn, tx, shardings, sharding)
+    step = make_train_step(
+        loss_and_grad,
+        tx,
+        seed=0,
+        ema_decay=0.0,
+        state_shardings=shardings,
+        batch_sharding=sharding,
+    )
     device_batch = jax.device_put(
         {"image": batch["image"], "ids": batch["ids"].astype(np.int32), "mask": batch["mask"]},
         sharding,

@@ -130,7 +130,7 @@ def shapes(config: ml_collections.ConfigDict) -> None:
     config.train.steps = 300
     config.train.eval_every = 300
     config.train.checkpoint_every = 300
-    config.evals.splits = ("validation",)
+    config.evals.splits = ("validation[:256]", "validation[256:]")  # dev, test
     config.evals.knn_k = 10
 
 

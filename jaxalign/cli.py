@@ -59,7 +59,9 @@ def _eval(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from jaxalign import train
 
     try:
-        results = train.evaluate_workdir(args.workdir, progress=args.progress)
+        results = train.evaluate_workdir(
+            args.workdir, progress=args.progress, config_file=args.config
+        )
     except (config_lib.ConfigError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -89,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train, takes_overrides=True)
     evaluate = commands.add_parser("eval", help="re-run a run's evals from its newest checkpoint")
     evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument(
+        "--config", help="the config file that defines the run's task, if it is not built in"
+    )
     evaluate.set_defaults(run=_eval)
     for command in (train, evaluate):
         command.add_argument(

@@ -17,22 +17,21 @@ a rule across keys, a mesh that does not fit the devices, data that is not on di
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import os
 import re
 import sys
 import types
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
 import pydantic
 
+from jaxalign import overrides as overrides_lib
 from jaxalign.parallel.mesh import resolve_mesh_shape
-from jaxalign.schema import ConfigError, ExperimentConfig, MissingDataError, ModuleFields
+from jaxalign.schema import ConfigError, ExperimentConfig, MissingDataError
 from jaxalign.tasks import TASKS
 
 __all__ = [
@@ -41,6 +40,7 @@ __all__ = [
     "MissingDataError",
     "apply_overrides",
     "differences",
+    "import_config_file",
     "init_from_off",
     "load",
     "load_json",
@@ -54,8 +54,10 @@ __all__ = [
 ]
 
 # Keys a resumed run may change: when it stops, how often it logs, evaluates and checkpoints,
-# how it prefetches, how eval batches are cut, and the mesh (checkpoints restore into any mesh).
-# A longer ``train.steps`` also stretches the learning-rate schedule to the new end.
+# how it prefetches, what it evaluates (evals read the state, never change it), and the mesh
+# (checkpoints restore into any mesh; the losses then agree to rounding, not bit for bit). A
+# new ``train.steps`` rebuilds the learning-rate schedule for the new end: past the old end of
+# a decayed schedule the rate rises again to the new cosine's value.
 SAFE_ON_RESUME: tuple[str, ...] = (
     "train.steps",
     "train.log_every",
@@ -63,7 +65,7 @@ SAFE_ON_RESUME: tuple[str, ...] = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "data.prefetch",
-    "evals.batch_size",
+    "evals.",
     "mesh.",
 )
 
@@ -71,7 +73,10 @@ SAFE_ON_RESUME: tuple[str, ...] = (
 def schema_of(task: Any) -> type[ExperimentConfig]:
     """The typed config of the task named ``task``; ConfigError when none is registered."""
     if not isinstance(task, str) or task not in TASKS:
-        raise ConfigError(f"config.task={task!r}: unknown task; choose from {sorted(TASKS)}")
+        raise ConfigError(
+            f"config.task={task!r}: unknown task; choose from {sorted(TASKS)} (a task defined in "
+            "a config file is known once that file is loaded: `jaxalign eval --config=FILE.py`)"
+        )
     return TASKS[task].Config
 
 
@@ -94,9 +99,26 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
 
     Raises:
       FileNotFoundError: the file does not exist (the message names the path).
-      ConfigError: a malformed spec, a file without ``get_config``, a bad override or value;
-        an unknown preset raises the config file's own ValueError (naming the choices).
+      ConfigError: a malformed spec, a file without ``get_config``, an unknown preset (the
+        config file's own message, naming the choices), a bad override or value.
     """
+    module, arg = import_config_file(spec)
+    path = module.__file__
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigError(f"config file {path!r} defines no get_config(arg) function")
+    try:
+        config = get_config() if arg is None else get_config(arg)
+    except ValueError as error:  # the file's own check of its argument (an unknown preset)
+        raise ConfigError(f"--config={spec}: {error}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config returned {type(config).__name__}, not a ConfigDict")
+    return parse(apply_overrides(config.to_dict(), overrides))
+
+
+def import_config_file(spec: str) -> tuple[types.ModuleType, str | None]:
+    """Runs the config file of ``"path/to/file.py[:arg]"`` (registering any task it defines);
+    returns the module and ``arg`` (None when the spec has none)."""
     match = re.fullmatch(r"(?P<path>.+?\.py)(?::(?P<arg>.*))?", spec)
     if not match:
         raise ConfigError(f"config spec {spec!r}: expected 'path/to/file.py' or 'file.py:preset'")
@@ -109,13 +131,7 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # dataclasses (flax modules) defined in the file look it up
     module_spec.loader.exec_module(module)  # may register a task the file defines
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-        raise ConfigError(f"config file {path!r} defines no get_config(arg) function")
-    config = get_config() if match["arg"] is None else get_config(match["arg"])
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"{path}: get_config returned {type(config).__name__}, not a ConfigDict")
-    return parse(apply_overrides(config.to_dict(), overrides))
+    return module, match["arg"]
 
 
 def override(config: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
@@ -129,7 +145,8 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
 
     ``VALUE`` is parsed as the key's type in the schema of the task the values name (after any
     ``task=`` override): ``int``, ``float``, ``bool`` (true / false / 1 / 0 / yes / no), ``str``
-    (as given; quotes optional), ``tuple`` (a Python literal, ``"('a {}', 'the {}')"``);
+    (as given; quotes optional), ``tuple`` (a Python literal, ``"('a {}', 'the {}')"``, or one
+    string for a tuple of one);
     ``none`` / ``null`` where the key may be ``None``. Keys of a free group (``model.image``)
     take the type of the module field's default.
 
@@ -138,142 +155,14 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
         given twice, or a value that does not parse as the key's type (naming key, value and
         type).
     """
-    parsed = [_split(o) for o in overrides]
-    keys = [key for _, key, _ in parsed]
-    for key in set(keys):
-        if keys.count(key) > 1:
-            given = [o for o, k, _ in parsed if k == key]
-            raise ConfigError(
-                f"config.{key} is overridden {len(given)} times ({given}); give it once (an "
-                "unquoted shell pattern such as {a,b} or * expands into several arguments)"
-            )
+    parsed = overrides_lib.split(overrides)
     for _, key, raw in parsed:
         if key == "task":
-            values["task"] = _parse("task", raw, str, False)
+            values["task"] = overrides_lib.parse_value("task", raw, str, False)
     root = schema_of(values.get("task"))
     for text, key, raw in parsed:
-        *parents, leaf = key.split(".")
-        node: Any = values
-        schema: Any = root
-        where = "config"
-        for part in parents:
-            schema, node = _descend(schema, part, node, f"{where}.{part}", text)
-            where = f"{where}.{part}"
-        kind, nullable = _kind(schema, leaf, f"{where}.{leaf}", text)
-        node[leaf] = _parse(f"{where}.{leaf}", raw, kind, nullable)
+        overrides_lib.set_value(values, root, text, key, raw)
     return values
-
-
-def _split(override: str) -> tuple[str, str, str]:
-    text = re.sub(r"^(--)?(config\.)?", "", override.strip())
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {override!r}: expected KEY=VALUE, e.g. optim.lr=1e-3")
-    return override, key, raw
-
-
-def _field(schema: Any, name: str, where: str, override: str) -> Any:
-    """The pydantic field ``name`` of a group's model; ConfigError listing the keys there."""
-    fields = schema.model_fields if _is_group(schema) else {}
-    if name not in fields:
-        raise ConfigError(
-            f"override {override!r}: unknown key {where}; the keys there are {sorted(fields)}"
-        )
-    return fields[name]
-
-
-def _is_group(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel)
-
-
-def _module_fields(field: Any) -> ModuleFields | None:
-    return next((m for m in field.metadata if isinstance(m, ModuleFields)), None)
-
-
-def _descend(schema: Any, part: str, node: Any, where: str, override: str) -> tuple[Any, Any]:
-    """One step down the key: the sub-schema (a group's model, or a ``ModuleFields``) and the
-    sub-dict of the values (created when the config file left the group out)."""
-    if isinstance(schema, ModuleFields):
-        raise ConfigError(f"override {override!r}: {where.rpartition('.')[0]} holds values only")
-    field = _field(schema, part, where, override)
-    sub = _module_fields(field) or field.annotation
-    if not (_is_group(sub) or isinstance(sub, ModuleFields)):
-        raise ConfigError(f"override {override!r}: {where} is a value, not a group of keys")
-    if not isinstance(node.get(part), dict):
-        node[part] = {}
-    return sub, node[part]
-
-
-def _kind(schema: Any, leaf: str, where: str, override: str) -> tuple[type, bool]:
-    """``(type, may be None)`` of the key ``leaf`` of ``schema``."""
-    if isinstance(schema, ModuleFields):
-        if leaf in schema.reserved:
-            raise ConfigError(
-                f"override {override!r}: {where} is set by config.{schema.reserved[leaf]}"
-            )
-        fields = schema.fields()
-        if leaf not in fields:
-            raise ConfigError(
-                f"override {override!r}: unknown key {where}; the keys there are {schema.choices()}"
-            )
-        return type(fields[leaf]), fields[leaf] is None
-    field = _field(schema, leaf, where, override)
-    annotation, nullable = field.annotation, False
-    if _is_group(annotation) or _module_fields(field):
-        keys = sorted(annotation.model_fields) if _is_group(annotation) else "free fields"
-        raise ConfigError(
-            f"override {override!r}: {where} is a group of keys ({keys}); override one of them"
-        )
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [a for a in typing.get_args(annotation) if a is not type(None)]
-        nullable, annotation = len(members) < len(typing.get_args(annotation)), members[0]
-    while typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    if typing.get_origin(annotation) is typing.Literal:
-        return type(typing.get_args(annotation)[0]), nullable
-    if typing.get_origin(annotation) in (tuple, list):
-        return tuple, nullable
-    return annotation, nullable
-
-
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def _parse(key: str, raw: str, kind: type, nullable: bool) -> Any:
-    """Parses an override's text as ``kind``; raises ConfigError naming key, value and type."""
-    text = raw.strip()
-    key = key.removeprefix("config.")
-    if (nullable or kind is type(None)) and text.lower() in ("none", "null"):
-        return None
-    try:
-        if kind is bool:
-            if text.lower() in _TRUE + _FALSE:
-                return text.lower() in _TRUE
-            raise ValueError(text)
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        if kind is str:
-            if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-                try:
-                    return str(ast.literal_eval(text))
-                except (ValueError, SyntaxError):
-                    pass
-            return raw
-        if kind in (tuple, list):
-            value = ast.literal_eval(text)
-            if not isinstance(value, (tuple, list)):
-                raise ValueError(text)
-            return tuple(value)
-    except (ValueError, SyntaxError):
-        example = {tuple: "('a {}', 'the {}')", bool: "true or false"}.get(kind, "")
-        hint = f", e.g. {example}" if example else ""
-        raise ConfigError(f"config.{key}={raw!r}: expected {kind.__name__}{hint}") from None
-    try:  # a field without a fixed type (None): a Python literal, else the text
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return raw
 
 
 # --- parse and validate ------------------------------------------------------------------------
@@ -355,9 +244,9 @@ def _problems(error: pydantic.ValidationError, schema: type[ExperimentConfig]) -
 
 def _keys_at(schema: Any, loc: Sequence[Any]) -> list[str]:
     for part in loc:
-        field = schema.model_fields.get(part) if _is_group(schema) else None
+        field = schema.model_fields.get(part) if overrides_lib.is_group(schema) else None
         schema = field.annotation if field is not None else None
-    return sorted(schema.model_fields) if _is_group(schema) else []
+    return sorted(schema.model_fields) if overrides_lib.is_group(schema) else []
 
 
 # --- save, load back, compare ------------------------------------------------------------------
@@ -432,12 +321,13 @@ def is_safe_on_resume(key: str) -> bool:
 
 
 def resume_problems(
-    saved: ExperimentConfig | Mapping[str, Any], config: ExperimentConfig
+    saved: ExperimentConfig | Mapping[str, Any], config: ExperimentConfig, *, started: bool = True
 ) -> list[str]:
     """One line per key that differs from the saved config of the run being resumed and may
-    not change on resume (everything but ``SAFE_ON_RESUME``), with both values."""
+    not change on resume (everything but ``SAFE_ON_RESUME``; ``init_from.*`` too once the run
+    has a checkpoint of its own, ``started``), with both values."""
     return [
         f"config.{key}: the run was started with {old!r}, this command has {new!r}"
         for key, old, new in differences(saved, config)
-        if not is_safe_on_resume(key)
+        if not (is_safe_on_resume(key) or (started and key.startswith("init_from.")))
     ]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-import os
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -217,7 +216,17 @@ class InitFromConfig(Group):
                     f"params={self.params!r}: {item!r} is not 'SOURCE->TARGET' or 'PATH' "
                     "(paths of parameter subtrees, '/' between names)"
                 )
-        return problems
+        return problems or self.targets_problems()
+
+    def targets_problems(self) -> list[str]:
+        """Two mappings may not write the same parameters (one target inside another)."""
+        targets = [dst for _, dst in self.mapping()]
+        return [
+            f"params={self.params!r}: {a!r} and {b!r} map onto the same parameters"
+            for i, a in enumerate(targets)
+            for b in targets[i + 1 :]
+            if a == b or a.startswith(b + "/") or b.startswith(a + "/") or not a or not b
+        ]
 
     def mapping(self) -> list[tuple[str, str]]:
         """``[(source path, target path)]``; ``[("", "")]`` (everything) when ``params`` is
@@ -245,26 +254,35 @@ class ExperimentConfig(Group):
     def topology_problems(self, mesh_shape: Mapping[str, int]) -> list[str]:
         """Problems of this config on a mesh of ``mesh_shape`` (``{axis: size}``): the global
         batch must split over the batch shards times ``optim.micro_batches``."""
-        shards = batch_shards(mesh_shape)
-        batch, micro = self.train.global_batch_size, self.optim.micro_batches
-        if batch % (micro * shards):
-            return [
-                f"train.global_batch_size={batch}: must be a multiple of optim.micro_batches "
-                f"({micro}) x the batch shards (mesh data x fsdp = {shards}, mesh "
-                f"{dict(mesh_shape)})"
-            ]
-        return []
+        micro = self.optim.micro_batches
+        return shard_problems(
+            "train.global_batch_size",
+            self.train.global_batch_size,
+            mesh_shape,
+            times=(micro, f"optim.micro_batches ({micro})"),
+        )
 
     def check_data(self) -> None:
-        """Raises ``MissingDataError`` naming the key when the config's data is not on disk
-        (here: the run ``init_from.workdir`` names; a task adds its own data and calls this)."""
-        workdir = self.init_from.workdir
-        if workdir and not os.path.isdir(os.path.join(os.path.expanduser(workdir), "checkpoints")):
-            raise MissingDataError(
-                f"config.init_from.workdir={workdir!r}: no run there (no checkpoints/ directory)"
-            )
+        """Raises ``MissingDataError`` naming the key when the config's data is not on disk (a
+        task checks its datasets; the run ``init_from`` names is checked when it is read)."""
 
 
 def batch_shards(mesh_shape: Mapping[str, int]) -> int:
     """How many pieces a batch is cut into on a mesh of this shape (``data`` x ``fsdp``)."""
     return math.prod(mesh_shape.get(axis, 1) for axis in BATCH_AXES)
+
+
+def shard_problems(
+    key: str, batch: int, mesh_shape: Mapping[str, int], times: tuple[int, str] = (1, "")
+) -> list[str]:
+    """``[]`` when the batch size ``batch`` (the value of ``key``) splits over the batch
+    shards of the mesh (times ``times[0]``, named ``times[1]``), else the problem's line."""
+    shards = batch_shards(mesh_shape)
+    factor, name = times
+    if batch % (factor * shards) == 0:
+        return []
+    also = f"{name} x " if name else ""
+    return [
+        f"{key}={batch}: must be a multiple of {also}the batch shards (mesh data x fsdp = "
+        f"{shards}, mesh {dict(mesh_shape)})"
+    ]

@@ -110,29 +110,49 @@ def _setup(config: ExperimentConfig, devices: Sequence[jax.Device]) -> _Setup:
     return _Setup(mesh, task, tx, schedule, init_state, rng, abstract_state, state_shardings)
 
 
-def _resume_check(config: ExperimentConfig, workdir: str) -> tuple[bool, list[str]]:
+def _resume_check(config: ExperimentConfig, workdir: str, resume_step: int | None) -> list[str]:
     """Checks ``config`` against the run's saved ``config.json``, if there is one.
 
-    Returns ``(whether to save the config, lines to log)``: the keys changed on resume (those
-    in ``config_lib.SAFE_ON_RESUME``). Raises ConfigError listing every other key that
-    differs, with both values; the saved config is then left as it was.
+    Returns the lines to log about keys changed on resume (``config_lib.SAFE_ON_RESUME``, and
+    ``init_from.*`` once the run has a checkpoint of its own). Raises ConfigError listing every
+    other key that differs, with both values (the saved config is left as it was), and when
+    ``train.steps`` is below the step the run already reached.
     """
+    if resume_step is not None and resume_step > config.train.steps:
+        raise ConfigError(
+            f"config.train.steps={config.train.steps}: the run in {workdir} is already at step "
+            f"{resume_step}; give at least that many steps"
+        )
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
-        return True, []
+        return []
     with open(path) as f:
         saved = json.load(f)
-    problems = config_lib.resume_problems(saved, config)
+    problems = config_lib.resume_problems(saved, config, started=resume_step is not None)
     if problems:
         raise ConfigError(
             f"{workdir} holds a run of another config ({path}); resume it with the same "
             "config, or use a new work directory:\n  " + "\n  ".join(problems)
         )
-    changed = [
+    return [
         f"config.{key}: {old!r} -> {new!r} (changed on resume)"
         for key, old, new in config_lib.differences(saved, config)
     ]
-    return bool(changed), changed
+
+
+def _write_env(workdir: str, mesh: Mesh) -> float | None:
+    """Writes ``env.json``; returns the device's peak FLOP/s (None when unknown)."""
+    peak = peak_flops(mesh.devices.flat[0].device_kind)
+    _write_json(
+        os.path.join(workdir, "env.json"),
+        {
+            **environment.describe(),
+            "mesh": dict(mesh.shape),
+            "peak_flops_per_device": peak,
+            "peak_flops_source": "dense bfloat16, vendor data sheet" if peak else "unknown device",
+        },
+    )
+    return peak
 
 
 def train_and_evaluate(
@@ -160,21 +180,26 @@ def train_and_evaluate(
     workdir = os.path.abspath(os.fspath(workdir))
     started = time.perf_counter()
     devices = list(jax.devices() if devices is None else devices)
+    if config.init_from.workdir:  # saved absolute: the run reads the same source from anywhere
+        source = os.path.abspath(os.path.expanduser(config.init_from.workdir))
+        config = config_lib.override(config, [f"init_from.workdir={source}"])
     config_lib.validate(config, num_devices=len(devices))
     os.makedirs(workdir, exist_ok=True)
-    save_config, notes = _resume_check(config, workdir)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
+    )
+    try:
+        notes = _resume_check(config, workdir, checkpointer.latest_step())
+        return _train(config, workdir, devices, checkpointer, notes, progress, started)
+    finally:
+        checkpointer.close()
+
+
+def _train(config, workdir, devices, checkpointer, notes, progress, started) -> dict[str, Any]:
+    """The body of ``train_and_evaluate``, once the config is known to be the run's own."""
     setup = _setup(config, devices)
     mesh, task = setup.mesh, setup.task
-    peak = peak_flops(mesh.devices.flat[0].device_kind)
-    _write_json(
-        os.path.join(workdir, "env.json"),
-        {
-            **environment.describe(),
-            "mesh": dict(mesh.shape),
-            "peak_flops_per_device": peak,
-            "peak_flops_source": "dense bfloat16, vendor data sheet" if peak else "unknown device",
-        },
-    )
+    peak = _write_env(workdir, mesh)
 
     # Resume order:
     #   1. the newest complete checkpoint in workdir/checkpoints gives the state (restored into
@@ -183,27 +208,29 @@ def train_and_evaluate(
     #      config.init_from, the mapped parameters (and model state) of the saved run replace
     #      their initial values; the data start from the beginning of the seed's first epoch;
     #   3. rows of metrics.jsonl (and TensorBoard events) after the restored step are dropped.
-    checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
-    )
     iterator = iter(task.train_stream())
-    if checkpointer.latest_step() is not None:
-        state, data_state, start_step = checkpointer.restore(setup.abstract_state)
-        iterator.set_state(data_state)
-    else:
-        state, _ = sharded_init(setup.init_state, mesh, setup.rng, shardings=setup.state_shardings)
-        start_step = 0
-        if config.init_from.workdir:
-            state, note = _transfer(config, state, setup)
-            notes.append(note)
-
-    compiled, flops = setup.compile_step()
-    if save_config and jax.process_index() == 0:  # the run starts: the config is its own now
-        config_lib.save(config, workdir)
-    total_steps, batch_size = config.train.steps, config.train.global_batch_size
-    writer = MetricWriter(
-        workdir, total_steps=total_steps, start_step=start_step, progress=progress
-    )
+    try:
+        if checkpointer.latest_step() is not None:
+            state, data_state, start_step = checkpointer.restore(setup.abstract_state)
+            iterator.set_state(data_state)
+        else:
+            state, _ = sharded_init(
+                setup.init_state, mesh, setup.rng, shardings=setup.state_shardings
+            )
+            start_step = 0
+            if config.init_from.workdir:
+                state, note = _transfer(config, state, setup)
+                notes.append(note)
+        compiled, flops = setup.compile_step()
+        if jax.process_index() == 0:  # the run starts: the config is its own now
+            config_lib.save(config, workdir)
+        total_steps, batch_size = config.train.steps, config.train.global_batch_size
+        writer = MetricWriter(
+            workdir, total_steps=total_steps, start_step=start_step, progress=progress
+        )
+    except BaseException:
+        iterator.close()
+        raise
     writer.log(
         f"jaxalign: {config.task} on {describe_mesh(mesh)} ({mesh.devices.flat[0].device_kind}), "
         f"global batch {batch_size}, steps {start_step} -> {total_steps}"
@@ -227,12 +254,11 @@ def train_and_evaluate(
     try:
         with StopSignal() as stop:
             state, step = loop.run(state, start_step, stop)
+            checkpointer.save(step, state, iterator.get_state())  # before the evals can fail
             if step == total_steps:
                 eval_row = loop.evaluate(state, step, progress)
-        checkpointer.save(step, state, iterator.get_state())
         checkpointer.wait()
     finally:
-        checkpointer.close()
         writer.close()
         iterator.close()
 
@@ -261,10 +287,15 @@ def _transfer(config: ExperimentConfig, state: TrainState, setup: _Setup) -> tup
     return state.replace(params=params, model_state=model_state, ema_params=ema), note
 
 
-def evaluate_workdir(workdir: str | os.PathLike, *, progress: bool | None = None) -> dict:
+def evaluate_workdir(
+    workdir: str | os.PathLike, *, progress: bool | None = None, config_file: str | None = None
+) -> dict:
     """Re-runs the task's evals from the newest checkpoint of a run, reading only what the
     evals use (parameters, model state, moving average; never the optimizer state); returns
-    the metrics (also written to ``workdir/eval.json``)."""
+    the metrics (also written to ``workdir/eval.json``). ``config_file`` is run first, for a
+    task that file defines (``"tests/tasks/test_protocol.py"``)."""
+    if config_file:
+        config_lib.import_config_file(config_file)
     workdir = os.path.abspath(os.fspath(workdir))
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):

@@ -165,7 +165,7 @@ def test_overrides_of_each_type():
         ("optim.lr=fast", ["config.optim.lr", "'fast'", "float"]),
         ("train.steps=2.5", ["config.train.steps", "'2.5'", "int"]),
         ("model.text.causal=maybe", ["config.model.text.causal", "'maybe'", "bool"]),
-        ("evals.templates=a {}", ["config.evals.templates", "'a {}'", "tuple"]),
+        ("evals.templates=('a {}'", ["config.evals.templates", "\"('a {}'\"", "tuple"]),
         ("model.logit_bias_init=big", ["config.model.logit_bias_init", "'big'", "float"]),
         ("train.steps=none", ["config.train.steps", "'none'", "int"]),
         ("model=tiny", ["config.model", "group of keys"]),
@@ -356,10 +356,15 @@ def test_init_from_rules(tmp_path: pathlib.Path):
         "config.init_from.params",
         "'a->b->c'",
     )
+    _fails(
+        [f"init_from.workdir={tmp_path}", "init_from.params=('a->backbone', 'b->backbone/fc')"],
+        "config.init_from.params",
+        "'backbone' and 'backbone/fc' map onto the same parameters",
+    )
     config = config_lib.load(f"{CLASSIFY}:shapes_probe", [f"init_from.workdir={tmp_path}"])
     assert config.init_from.mapping() == [("image_tower", "backbone")]
-    with pytest.raises(config_lib.MissingDataError, match=r"config\.init_from\.workdir="):
-        config_lib.validate(config, 8)
+    one = config_lib.override(config, ["init_from.params=image_tower->backbone"])
+    assert one.init_from.params == ("image_tower->backbone",)  # one string: a tuple of one
 
 
 def test_unknown_builtin_name():

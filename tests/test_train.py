@@ -318,9 +318,26 @@ def test_resuming_with_more_steps_continues(uninterrupted, data_dir, tmp_path):
     assert "resumed from checkpoint 8" in more.stdout
     assert "config.train.steps: 8 -> 10 (changed on resume)" in more.stdout
     assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 10
-    losses = _losses(workdir)
-    assert sorted(losses) == list(range(1, 11))
-    assert all(losses[s] == _losses(uninterrupted[0])[s] for s in range(1, 9))
+    assert sorted(_losses(workdir)) == list(range(1, 11))
+    # The schedule is rebuilt for the new end: step 9 uses the 10-step schedule's rate.
+    from jaxalign.train_lib import make_optimizer
+
+    config = _load(data_dir, **{**RESUME, "train.steps": 10})
+    _, schedule = make_optimizer(config.optim, 10)
+    rows = {r["step"]: r for r in read_metrics(workdir) if "loss" in r}
+    assert rows[9]["lr"] == pytest.approx(float(schedule(8)), rel=1e-6)
+    assert rows[9]["lr"] != pytest.approx(rows[8]["lr"], rel=1e-3)
+
+
+def test_fewer_steps_than_the_run_reached_are_refused(uninterrupted, data_dir, tmp_path, capsys):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    args = ["train", f"--config={CONFIG}:tiny", f"--workdir={workdir}"]
+    args += _overrides(data_dir, **{**RESUME, "train.steps": 6})
+    assert cli.main(args) == 2
+    assert "config.train.steps=6: the run in" in capsys.readouterr().err
 
 
 def _free_port() -> int:

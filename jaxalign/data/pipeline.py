@@ -10,8 +10,8 @@ share of it::
     examples are stacked into per-process batches of ``global_batch_size / P``.
 
 Every random draw depends on ``(seed, epoch, index)`` only, never on the process, the device or
-the worker (DESIGN.md, principle 6): global batch ``b`` holds the same examples on 1 or 4 hosts
-(in another order) as long as none is skipped. Read threads or worker processes
+the worker (docs/architecture.md, principle 6): global batch ``b`` holds the same examples on 1
+or 4 hosts (in another order) as long as none is skipped. Read threads or worker processes
 (``worker_count > 0``) read + transform chunks of ``chunk_size`` consecutive examples of the
 shard (one message per chunk); un-chunking, skip counting and batching run after them in the
 main process, so the batches depend neither on ``worker_count`` nor on ``chunk_size``.

@@ -9,8 +9,8 @@ A bad example never raises: data problems (corrupt or missing image, missing or 
 become ``Skip(reason)``, and the pipeline counts them per reason.
 
 Randomness is ``np.random.default_rng([seed, epoch, index])``: the same example in the same epoch
-gets the same crop on any number of hosts, devices or workers (DESIGN.md, principle 6), and a
-different one in the next epoch.
+gets the same crop on any number of hosts, devices or workers (docs/architecture.md, principle
+6), and a different one in the next epoch.
 
 The ready-made transforms are picklable classes, so they run in grain worker processes:
 

@@ -19,10 +19,22 @@ Typical use for a dual encoder (``embed_fn`` returns ``{"image": ..., "text": ..
                **retrieval_recall(out["image"], out["text"])}
 """
 
+from typing import Any
+
 from jaxalign.evals.embed import embed_dataset
-from jaxalign.evals.probe import knn_accuracy, linear_probe
 from jaxalign.evals.retrieval import first_match_rank, retrieval_recall
 from jaxalign.evals.zeroshot import DEFAULT_TEMPLATES, class_text_embeddings, zeroshot_accuracy
+
+
+def __getattr__(name: str) -> Any:
+    """``knn_accuracy`` and ``linear_probe`` import ``evals.probe`` (and scikit-learn, a second
+    of start-up) when first used, not with the package."""
+    if name in ("knn_accuracy", "linear_probe"):
+        from jaxalign.evals import probe
+
+        return getattr(probe, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_TEMPLATES",

@@ -6,8 +6,9 @@ the head reads; what linear-probe and k-NN evals take). The tower sits under the
 ``backbone`` and the head under ``head``, so a dual encoder's ``image_tower`` maps onto
 ``backbone`` one to one (``config.init_from.params=("image_tower->backbone",)``).
 
-``frozen_backbone`` stops gradients at the features (a linear probe): the backward pass never
-enters the tower. Batch over ``act_batch`` (``data``, ``fsdp``).
+``frozen_backbone`` makes a linear probe: the tower always runs as at evaluation (no dropout,
+its batch statistics read, never updated) and gradients stop at its features, so the backward
+pass never enters it. Batch over ``act_batch`` (``data``, ``fsdp``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class Classifier(nn.Module):
         self, images: jax.Array, deterministic: bool = True
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         chex.assert_rank(images, 4)
-        features, intermediates = self.backbone(images, deterministic=deterministic)
+        features, intermediates = self.backbone(
+            images, deterministic=deterministic or self.frozen_backbone
+        )
         if self.frozen_backbone:
             features = jax.lax.stop_gradient(features)
         features = features.astype(jnp.float32)

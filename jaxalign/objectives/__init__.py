@@ -1,7 +1,7 @@
 """Objectives: pure functions of global (possibly batch-sharded) arrays returning global scalars.
 
-See DESIGN.md's contracts. Every function takes ``mesh=None`` for one device or the mesh its
-inputs are sharded over; the value and gradients do not depend on which.
+See the contracts in docs/architecture.md. Every function takes ``mesh=None`` for one device or
+the mesh its inputs are sharded over; the value and gradients do not depend on which.
 """
 
 from jaxalign.objectives.cached_gradient import cached_gradient

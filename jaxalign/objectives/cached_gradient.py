@@ -13,7 +13,7 @@ micro-batch:
    gradient back to the parameters; sum over micro-batches.
 
 The result equals the gradient of the full-batch step. ``embed_fn`` runs twice per micro-batch,
-so any randomness in it (dropout) must be keyed by example, not drawn anew (DESIGN.md,
+so any randomness in it (dropout) must be keyed by example, not drawn anew (docs/architecture.md,
 principle 6).
 """
 

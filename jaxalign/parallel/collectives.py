@@ -10,7 +10,7 @@ number of devices and hosts.
 
 Gradients are taken outside, by the caller: ``all_gather``'s transpose sends each row's gradient
 back to the device that owns it, and a replicated input's gradient is summed over devices by
-``shard_map`` itself (see DESIGN.md's pitfalls).
+``shard_map`` itself (see the pitfalls in docs/architecture.md).
 """
 
 from __future__ import annotations

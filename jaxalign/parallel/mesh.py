@@ -7,9 +7,9 @@ jaxalign uses one mesh with three axes, always in this order:
 - ``tensor``: tensor (model) parallelism inside a layer.
 
 Both ``data`` and ``fsdp`` split the batch, so a global batch of ``B`` examples lives as
-``B / (data * fsdp)`` rows per device, replicated over ``tensor``. Axes are ``Auto`` (see
-DESIGN.md's pitfalls: ``jax.make_mesh``'s default ``Explicit`` axes break ``shard_map`` inputs
-and flax's logical constraints).
+``B / (data * fsdp)`` rows per device, replicated over ``tensor``. Axes are ``Auto`` (see the
+pitfalls in docs/architecture.md: ``jax.make_mesh``'s default ``Explicit`` axes break
+``shard_map`` inputs and flax's logical constraints).
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ built. The train stream yields each process's share (``[B / process_count, ...]`
 
 The step. For step ``s`` (``s`` updates done before it: 0 for the first), the trainer calls
 ``loss_and_grad(params, model_state, batch, rng, s)`` with ``rng = fold_in(key(seed), s)``, the
-same on every device and process (DESIGN principle 6); the default takes ``jax.grad`` of
-``loss``. ``model_state`` holds the non-parameter collections (``{"batch_stats": ...}``; ``{}``
-for a model without any) and the loss returns its new value.
+same on every device and process (docs/architecture.md, principle 6); the default takes
+``jax.grad`` of ``loss``. ``model_state`` holds the non-parameter collections
+(``{"batch_stats": ...}``; ``{}`` for a model without any) and the loss returns its new value.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from jaxalign.schema import (
     Group,
     PositiveInt,
     Unit,
-    batch_shards,
+    shard_problems,
 )
 from jaxalign.tasks import images
 from jaxalign.tasks.base import ParamGroup, Task, register_task
@@ -49,11 +49,7 @@ from jaxalign.tasks.base import ParamGroup, Task, register_task
 AUGMENT_SCALE = (0.8, 1.0)
 
 
-class ClassifyModel(Group):
-    preset: images.Preset
-    dtype: images.Dtype
-    remat: images.Remat
-    image: Annotated[dict[str, Any], images.IMAGE_FIELDS]
+class ClassifyModel(images.ImageModel):
     backbone_lr_mult: Annotated[float, Field(ge=0.0)]
 
 
@@ -103,14 +99,9 @@ class ClassifyConfig(ExperimentConfig):
         return problems + images.image_tower_problems(self.model, self.data.image_size)
 
     def topology_problems(self, mesh_shape) -> list[str]:
-        problems = super().topology_problems(mesh_shape)
-        shards = batch_shards(mesh_shape)
-        if self.evals.batch_size % shards:
-            problems.append(
-                f"evals.batch_size={self.evals.batch_size}: must be a multiple of the batch "
-                f"shards (mesh data x fsdp = {shards}, mesh {dict(mesh_shape)})"
-            )
-        return problems
+        return super().topology_problems(mesh_shape) + shard_problems(
+            "evals.batch_size", self.evals.batch_size, mesh_shape
+        )
 
     def check_data(self) -> None:
         super().check_data()
@@ -273,10 +264,8 @@ class ClassifyTask(Task):
         bank = self._run(variables, self.train_source, "train", progress) if ev.knn_k else None
         results: dict[str, float] = {}
         for split in ev.splits:
-            limited = f"{split}[:{ev.max_examples}]" if ev.max_examples else split
-            out = self._run(
-                variables, self.dataset.source(limited, key="evals.splits"), split, progress
-            )
+            source = self.dataset.source(split, key="evals.splits", limit=ev.max_examples)
+            out = self._run(variables, source, split, progress)
             logits, labels = out["logits"], out["label"]
             true = np.take_along_axis(logits, labels[:, None], axis=1)
             rank = np.sum(logits >= true, axis=1) - 1  # ties counted against the true class

@@ -35,7 +35,7 @@ from jaxalign.schema import (
     ModuleFields,
     PositiveInt,
     Unit,
-    batch_shards,
+    shard_problems,
 )
 from jaxalign.tasks import images
 from jaxalign.tasks.base import Task, register_task
@@ -43,13 +43,9 @@ from jaxalign.tasks.base import Task, register_task
 # --- config ------------------------------------------------------------------------------------
 
 
-class ClipModel(Group):
-    preset: images.Preset
-    dtype: images.Dtype
-    remat: images.Remat
+class ClipModel(images.ImageModel):
     logit_scale_init: float
     logit_bias_init: float | None
-    image: Annotated[dict[str, Any], images.IMAGE_FIELDS]
     text: Annotated[
         dict[str, Any],
         ModuleFields(
@@ -144,14 +140,9 @@ class ClipConfig(ExperimentConfig):
         return problems + images.image_tower_problems(model, self.data.image_size)
 
     def topology_problems(self, mesh_shape) -> list[str]:
-        problems = super().topology_problems(mesh_shape)
-        shards = batch_shards(mesh_shape)
-        if self.evals.batch_size % shards:
-            problems.append(
-                f"evals.batch_size={self.evals.batch_size}: must be a multiple of the batch "
-                f"shards (mesh data x fsdp = {shards}, mesh {dict(mesh_shape)})"
-            )
-        return problems
+        return super().topology_problems(mesh_shape) + shard_problems(
+            "evals.batch_size", self.evals.batch_size, mesh_shape
+        )
 
     def check_data(self) -> None:
         super().check_data()
@@ -233,13 +224,14 @@ class ClipTask(Task):
             path = os.path.join(self.dataset.data_dir, TOKENIZER_DIRNAME)
         return TextTokenizer(hf.load_tokenizer(os.path.expanduser(path)), self.config.data.max_len)
 
-    def source(self, split: str, *, key: str = "data.train_split") -> Any:
-        """A random-access source of the configured data's ``split`` (images undecoded)."""
+    def source(self, split: str, *, key: str = "data.train_split", limit: int = 0) -> Any:
+        """A random-access source of the configured data's ``split`` (images undecoded), its
+        first ``limit`` records when ``limit > 0``."""
         if self.config.data.source == "webdataset":
             from jaxalign.data import WebDatasetSource
 
             return WebDatasetSource(self.config.data.shards)
-        return self.dataset.source(split, key=key)
+        return self.dataset.source(split, key=key, limit=limit)
 
     def transform(self, *, train: bool, label: bool = False) -> ImageTextTransform:
         return ImageTextTransform(
@@ -365,9 +357,8 @@ class ClipTask(Task):
         first ``evals.max_examples`` of ``split`` (all when 0), embedded sharded over the mesh."""
         ev = self.config.evals
         label = eval_name == "zeroshot"
-        limit = ev.max_examples
         pipeline = make_pipeline(
-            self.source(f"{split}[:{limit}]" if limit else split, key=f"evals.{eval_name}_split"),
+            self.source(split, key=f"evals.{eval_name}_split", limit=ev.max_examples),
             seed=self.config.seed,
             global_batch_size=ev.batch_size,
             transform=self.transform(train=False, label=label),

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
 
 from jaxalign import models
 from jaxalign.models.layers import REMAT_POLICIES
-from jaxalign.schema import ConfigError, MissingDataError, ModuleFields
+from jaxalign.schema import ConfigError, Group, MissingDataError, ModuleFields
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 Preset = Literal[tuple(models.PRESETS)]  # type: ignore[valid-type]
@@ -32,6 +32,17 @@ IMAGE_FIELDS = ModuleFields(
     (("jaxalign.models.cnn", "ConvNet"), ("jaxalign.models.vit", "ViT")),
     {"dtype": "model.dtype", "remat": "model.remat"},
 )
+
+
+class ImageModel(Group):
+    """The image tower of a ``model`` group: ``preset`` (a ``jaxalign.models.PRESETS`` name),
+    ``dtype`` (compute dtype), ``remat`` and ``image`` (tower fields overriding the preset's).
+    A task's model group extends it."""
+
+    preset: Preset
+    dtype: Dtype
+    remat: Remat
+    image: Annotated[dict[str, Any], IMAGE_FIELDS]
 
 
 def image_tower(model: Any) -> Any:
@@ -132,15 +143,17 @@ class ImageDataset:
 
         on_every_process(build)
 
-    def source(self, split: str, *, key: str) -> Any:
-        """A random-access source of ``split`` (images undecoded); ConfigError naming ``key``
-        when the split or the dataset is not there."""
-        from jaxalign.data import tfds_source
+    def source(self, split: str, *, key: str, limit: int = 0) -> Any:
+        """A random-access source of ``split`` (any TFDS split string, ``"validation[256:]"``;
+        images undecoded), its first ``limit`` records when ``limit > 0``; ConfigError naming
+        ``key`` when the split or the dataset is not there."""
+        from jaxalign.data import Subset, tfds_source
 
         try:
-            return tfds_source(self.data.name, self.data_dir, split, decode_images=False)
+            source = tfds_source(self.data.name, self.data_dir, split, decode_images=False)
         except (ValueError, FileNotFoundError) as error:
             raise ConfigError(f"config.{key}={split!r}: {error}") from None
+        return Subset(source, range(min(limit, len(source)))) if limit else source
 
     def class_names(self, split: str, *, key: str, label_key: str = "label") -> list[str]:
         """The names of the ``label_key`` classes of ``split``'s dataset, in label order."""

@@ -28,6 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxalign.schema import ConfigError
+
 STATE, DATA = "state", "data"
 
 
@@ -106,7 +108,7 @@ class Checkpointer:
 
         Raises:
           FileNotFoundError: no complete checkpoint in the directory (or no ``step``).
-          ValueError: the checkpoint was written by a different number of processes.
+          ConfigError: the checkpoint was written by a different number of processes.
         """
         step = self._step(step)
         restored = self._manager.restore(
@@ -118,7 +120,7 @@ class Checkpointer:
         data = restored[DATA]
         key = f"process_{jax.process_index()}"
         if len(data) != jax.process_count() or key not in data:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint {step} in {self.directory!r} holds the data positions of "
                 f"{len(data)} processes; this run has {jax.process_count()}"
             )

@@ -97,15 +97,15 @@ class Loop:
                 continue
             self.finish_step(*pending)
             pending = None
-            if eval_due:
-                self.evaluate(state, step, None)
-            if checkpoint_due or stopping:
+            if checkpoint_due or stopping:  # saved first: an eval that fails loses nothing
                 self.checkpointer.save(step, state, self.iterator.get_state())
             if stopping:
                 self.checkpointer.wait()
                 reason = stop.requested or "a preemption notice"
                 self.writer.log(f"{reason}: saved checkpoint {step}; stopping")
                 raise Preempted(step, reason)
+            if eval_due:
+                self.evaluate(state, step, None)
             self.throughput.reset()  # evals and saves are not training time
         if pending is not None:
             self.finish_step(*pending)

@@ -61,21 +61,26 @@ def clip_run(data_dir, tmp_path_factory):
     return workdir
 
 
-def _saved_params(workdir: pathlib.Path) -> dict:
-    """The parameters of a run's newest checkpoint, read back as saved."""
+def _saved(workdir: pathlib.Path, *path: str) -> dict:
+    """The subtree at ``path`` (``"params"``, ``"ema_params", "backbone"``) of a run's newest
+    checkpoint, read back as saved."""
     checkpointer = Checkpointer(workdir / "checkpoints", keep=1, read_only=True)
     try:
         tree, _ = checkpointer.state_metadata()
-        abstract = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(
-                m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])
-            ),
-            tree["params"],
+        for name in path:
+            tree = tree[name]
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        request = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
         )
-        part, _ = checkpointer.restore_part({"params": abstract})
+        for name in reversed(path):
+            request = {name: request}
+        part, _ = checkpointer.restore_part(request)
     finally:
         checkpointer.close()
-    return jax.device_get(part["params"])
+    for name in path:
+        part = part[name]
+    return jax.device_get(part)
 
 
 def _shapes(data_dir, preset, clip_run, **overrides):
@@ -114,24 +119,40 @@ def test_from_scratch_one_device_equals_eight(data_dir, tmp_path):
 
 
 def test_linear_probe_keeps_the_clip_tower_frozen(data_dir, clip_run, tmp_path):
-    summary = train.train_and_evaluate(_shapes(data_dir, "shapes_probe", clip_run), tmp_path)
-    assert {"eval/validation/top1", "eval/validation/top5", "eval/validation/knn_top1"} <= set(
-        summary
-    )
-    tower = _saved_params(clip_run)["image_tower"]
-    probe = _saved_params(tmp_path)
+    config = _shapes(data_dir, "shapes_probe", clip_run, **{"optim.ema_decay": "0.5"})
+    summary = train.train_and_evaluate(config, tmp_path / "probe")
+    for split in ("validation[:256]", "validation[256:]"):
+        for metric in ("top1", "top5", "knn_top1"):
+            assert 0 <= summary[f"eval/{split}/{metric}"] <= 1
+    tower = _saved(clip_run, "params")["image_tower"]
+    probe = _saved(tmp_path / "probe", "params")
     jax.tree.map(np.testing.assert_array_equal, probe["backbone"], tower)  # bit for bit
+    jax.tree.map(
+        np.testing.assert_array_equal, _saved(tmp_path / "probe", "ema_params", "backbone"), tower
+    )
     assert any(np.any(np.asarray(w) != 0) for w in jax.tree.leaves(probe["head"]))
-    config = json.loads((tmp_path / "config.json").read_text())
-    assert config["init_from"]["params"] == ["image_tower->backbone"]
+    saved = json.loads((tmp_path / "probe" / "config.json").read_text())
+    assert saved["init_from"] == {
+        "workdir": str(clip_run),  # saved absolute
+        "step": None,
+        "params": ["image_tower->backbone"],
+    }
+    # The source run gone, the finished probe still resumes (and evaluates again).
+    clip_run.rename(clip_run.with_name("moved"))
+    try:
+        again = train.train_and_evaluate(config, tmp_path / "probe")
+    finally:
+        clip_run.with_name("moved").rename(clip_run)
+    assert again["step"] == summary["step"]
+    assert again["eval/validation[256:]/top1"] == summary["eval/validation[256:]/top1"]
 
 
 def test_fine_tuning_starts_from_the_clip_tower(data_dir, clip_run, tmp_path):
     train.train_and_evaluate(_shapes(data_dir, "shapes_finetune", clip_run), tmp_path / "ft")
     train.train_and_evaluate(_shapes(data_dir, "shapes_scratch", None), tmp_path / "scratch")
-    tower = _saved_params(clip_run)["image_tower"]
-    tuned = _saved_params(tmp_path / "ft")["backbone"]
-    scratch = _saved_params(tmp_path / "scratch")["backbone"]
+    tower = _saved(clip_run, "params")["image_tower"]
+    tuned = _saved(tmp_path / "ft", "params")["backbone"]
+    scratch = _saved(tmp_path / "scratch", "params")["backbone"]
 
     def distance(a, b):
         return sum(
@@ -140,6 +161,12 @@ def test_fine_tuning_starts_from_the_clip_tower(data_dir, clip_run, tmp_path):
         )
 
     assert 0 < distance(tuned, tower) < 1e-3 * distance(scratch, tower)  # moved, a little
+
+
+def test_a_missing_source_run_names_the_key(data_dir, tmp_path):
+    config = _shapes(data_dir, "shapes_probe", None, **{"init_from.workdir": str(tmp_path / "no")})
+    with pytest.raises(config_lib.MissingDataError, match=r"config\.init_from\.workdir="):
+        train.train_and_evaluate(config, tmp_path / "run")
 
 
 def test_a_mapping_to_a_missing_subtree_names_both_sides(data_dir, clip_run, tmp_path):

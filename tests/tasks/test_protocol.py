@@ -245,7 +245,9 @@ def test_the_key_changes_the_losses(tmp_path):
     other_seed = train.train_and_evaluate(
         _config(**{"seed": 4}), tmp_path / "c", devices=jax.devices()[:1]
     )
-    assert plain["eval/mse"] != quiet["eval/mse"] != other_seed["eval/mse"]
+    assert plain["eval/mse"] != quiet["eval/mse"]
+    assert plain["eval/mse"] != other_seed["eval/mse"]
+    assert losses(tmp_path / "a")[1] != losses(tmp_path / "c")[1]
 
 
 def test_sigkill_between_checkpoints_resumes_bit_for_bit(tmp_path):
@@ -260,7 +262,17 @@ def test_sigkill_between_checkpoints_resumes_bit_for_bit(tmp_path):
     assert "resumed from checkpoint 6" in resumed.stdout
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")  # float for float
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert (
-        summary["eval/mse"]
-        == json.loads((tmp_path / "ref" / "summary.json").read_text())["eval/mse"]
-    )
+    reference_mse = json.loads((tmp_path / "ref" / "summary.json").read_text())["eval/mse"]
+    assert summary["eval/mse"] == reference_mse
+
+
+def test_eval_of_a_task_defined_in_a_config_file(tmp_path, capsys, monkeypatch):
+    from jaxalign import cli
+
+    train.train_and_evaluate(_config(), tmp_path, devices=jax.devices()[:1])
+    monkeypatch.delitem(TASKS, "toy_regression")  # as in a fresh process
+    assert cli.main(["eval", f"--workdir={tmp_path}"]) == 2
+    assert "--config=FILE.py" in capsys.readouterr().err
+    assert cli.main(["eval", f"--workdir={tmp_path}", f"--config={THIS}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["step"] == 10 and printed["eval/mse"] > 0

@@ -225,3 +225,26 @@ def test_decay_mask():
     assert not mask["image_tower"]["pos_embedding"] and not mask["image_tower"]["cls"]
     assert not mask["logit_scale"]
     assert not any(jax.tree.leaves(mask["image_tower"]["encoder"]))
+
+
+def test_frozen_gradients_stay_out_of_the_clipping_norm():
+    """A frozen parameter's (large) gradients must not shrink the trainable ones' through the
+    global-norm clip: the trainable parameter moves as under an optimizer that never saw the
+    frozen one. Two steps with different frozen gradients, so Adam's scale invariance cannot
+    hide a leak."""
+    optim = _config("optim.clip_norm=1.0", "optim.warmup_steps=0").optim
+    tx, _ = make_optimizer(optim, 10, (ParamGroup("^frozen", 0.0),))
+    alone, _ = make_optimizer(optim, 10)
+    params = {"frozen": jnp.ones(3), "trained": jnp.ones(3)}
+    state, state_alone = tx.init(params), alone.init({"trained": params["trained"]})
+    trained, trained_alone = params, {"trained": params["trained"]}
+    for frozen_grad in (4.0, 40.0):
+        grads = {"frozen": jnp.full(3, frozen_grad), "trained": jnp.array([3.0, 0.0, 0.0])}
+        updates, state = tx.update(grads, state, trained)
+        trained = {k: v + updates[k] for k, v in trained.items()}
+        updates, state_alone = alone.update(
+            {"trained": grads["trained"]}, state_alone, trained_alone
+        )
+        trained_alone = {"trained": trained_alone["trained"] + updates["trained"]}
+    np.testing.assert_array_equal(trained["frozen"], params["frozen"])
+    np.testing.assert_allclose(trained["trained"], trained_alone["trained"], rtol=1e-6)
