@@ -9,24 +9,24 @@ Presets (``--config=configs/clip.py:<preset>``; no preset = ``demo``):
   never appear in training, 0.859 / 0.910 / 0.820 for seeds 0 / 1 / 2 (chance 1/30); image ->
   text R@1 on the validation split 0.688 / 0.684 / 0.684 (256 examples each)::
 
-    python -m jaxalign.train --config=configs/clip.py:demo --workdir=runs/demo
+    python -m jaxalign train --config=configs/clip.py:demo --workdir=runs/demo
 
 - ``siglip_demo``: ``demo`` with the sigmoid loss (SigLIP init: scale log(10), bias -10). Same
   machine and budget, seed 0: zero-shot top-1 0.238 on the held-out pairs, image -> text R@1
   0.547 (the sigmoid loss has not caught up with InfoNCE after 500 steps; not tuned)::
 
-    python -m jaxalign.train --config=configs/clip.py:siglip_demo --workdir=runs/siglip_demo
+    python -m jaxalign train --config=configs/clip.py:siglip_demo --workdir=runs/siglip_demo
 
 - ``tiny``: a few steps of a very small model, for tests and smoke runs::
 
-    python -m jaxalign.train --config=configs/clip.py:tiny --workdir=/tmp/clip_tiny
+    python -m jaxalign train --config=configs/clip.py:tiny --workdir=/tmp/clip_tiny
 
 - ``vit_b32``, ``vit_b16``, ``vit_l14``: OpenAI-CLIP sizes for TPU pods and GPU clusters:
   bfloat16 compute, rematerialisation, the memory-bounded loss ("tiled" / "ring"), parameters
   sharded over ``fsdp``. They read your own data: webdataset shards (``data.shards``) and a local
   CLIP tokenizer directory (``data.tokenizer``); both defaults are placeholders to override::
 
-    python -m jaxalign.train --config=configs/clip.py:vit_b16 --workdir=runs/vit_b16 \\
+    python -m jaxalign train --config=configs/clip.py:vit_b16 --workdir=runs/vit_b16 \\
       --config.data.shards='/data/laion/{00000..41455}.tar' \\
       --config.data.tokenizer=/data/tokenizers/clip-vit-base-patch16
 

@@ -1,7 +1,7 @@
 """The trainer: one loop for every task (library code; the command line is ``jaxalign.cli``).
 
     jaxalign train --config=configs/clip.py:demo --workdir=runs/demo [--config.KEY=VALUE ...]
-    python -m jaxalign.train ...   # the same
+    python -m jaxalign train ...   # the same
 
 Running the same command on the same work directory resumes from its newest complete
 checkpoint. What the work directory holds (``config.json``, ``env.json``, ``metrics.jsonl``,
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -334,8 +333,3 @@ def evaluate_workdir(
     _write_json(os.path.join(workdir, "eval.json"), out)
     return out
 
-
-if __name__ == "__main__":  # python -m jaxalign.train: the same as `jaxalign train`
-    from jaxalign.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

@@ -77,7 +77,7 @@ def train_step(
     metrics = {
         **metrics,
         "loss": loss,
-        "grad_norm": optax.tree.norm(safe_grads),
+        "grad_norm": optax.tree.norm(safe_grads),  # all gradients, frozen parameters' included
         "skipped": skipped,
         "nonfinite_in_a_row": new_state.nonfinite_in_a_row,
         "nonfinite_total": new_state.nonfinite_total,
