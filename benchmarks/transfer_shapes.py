@@ -8,11 +8,12 @@ shapes_captions from 10 labelled train images per class (drawn by the seed) and 
 its last step, on the two halves of the validation split: ``validation[:256]`` (dev) and
 ``validation[256:]`` (test); no run reads either half before that.
 
-Protocol: per arm, the learning rate with the best mean dev top-1 over the seeds is selected;
-its test top-1 is reported as mean, sample standard deviation (ddof 1) and the per-seed values,
-with the paired difference to scratch (same seed, same labelled images). Test figures never
-steer a choice. The CLIP run is ``configs/clip.py:demo`` (seed 0), trained first unless
-``--clip-run`` names one.
+Protocol: per arm, the learning rate with the best mean dev top-1 over the seeds is selected
+(the grid reaches past every arm's choice: a choice at the grid's edge means the grid is too
+short); its test top-1 is reported as mean, sample standard deviation (ddof 1) and the
+per-seed values, with the paired difference to scratch (same seed, same labelled images). Test
+figures never steer a choice. The CLIP run is ``configs/clip.py:demo`` (seed 0), trained first
+unless ``--clip-run`` names one.
 
     python benchmarks/transfer_shapes.py --workdir=runs/transfer_shapes
     python benchmarks/transfer_shapes.py --workdir=runs/transfer_shapes --out=report.md
@@ -57,7 +58,7 @@ def main() -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--clip-run", help="a finished configs/clip.py:demo run to transfer from")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--lrs", default="1e-3,3e-3,1e-2")
+    parser.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2,1e-1,3e-1,1")
     parser.add_argument("--data-dir", default="~/.cache/jaxalign/datasets")
     parser.add_argument("--out", help="also write the report to this file")
     args = parser.parse_args()
