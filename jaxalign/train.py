@@ -332,4 +332,3 @@ def evaluate_workdir(
     out = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
     _write_json(os.path.join(workdir, "eval.json"), out)
     return out
-

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import jax
@@ -150,6 +150,3 @@ def get_task(config: ExperimentConfig, mesh: Mesh) -> Task:
     if config.task not in TASKS:
         raise ConfigError(f"config.task={config.task!r}: unknown task; choose from {sorted(TASKS)}")
     return TASKS[config.task](config, mesh)
-
-
-TaskFactory = Callable[[ExperimentConfig, Mesh], Task]
