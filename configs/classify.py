@@ -37,7 +37,7 @@ Keys (every preset has all of them; ``jaxalign.tasks.classify.ClassifyConfig`` a
 - ``data``: ``source`` (``builtin`` | ``tfds``), ``name``, ``data_dir``, ``train_split``,
   ``label_key`` (the ``ClassLabel`` feature to predict), ``examples_per_class`` (0: the whole
   split), ``image_size``, ``augment`` (random 80-100% crops and flips), ``worker_count``,
-  ``prefetch``.
+  ``prefetch``, ``max_skipped_in_a_row`` (as in ``configs/clip.py``).
 - ``objective``: ``label_smoothing``.
 - ``evals``: ``splits`` (each reported as ``eval/<split>/top1`` and ``/top5``), ``batch_size``,
   ``max_examples`` (per split; 0: all), ``knn_k`` (0: off; else also the weighted k-NN accuracy
@@ -84,6 +84,7 @@ def base() -> ml_collections.ConfigDict:
     config.data.augment = False
     config.data.worker_count = 0
     config.data.prefetch = 2
+    config.data.max_skipped_in_a_row = 1000
 
     config.objective = ml_collections.ConfigDict()
     config.objective.label_smoothing = 0.0
@@ -108,6 +109,7 @@ def base() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 200
     config.train.keep_checkpoints = 2
     config.train.eval_every = 200
+    config.train.max_failed_saves = 3
 
     config.evals = ml_collections.ConfigDict()
     config.evals.splits = ("source_validation", "source_test", "target_test")

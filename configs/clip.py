@@ -58,7 +58,8 @@ Keys (every preset has all of them; ``jaxalign.tasks.clip.ClipConfig`` and the g
   ``max_len`` (tokens per caption), ``shards`` (webdataset shard pattern with ``{a..b}`` ranges
   and / or globs; ``""`` otherwise), ``tokenizer`` (a local Hugging Face tokenizer directory;
   ``""``: the built-in caption tokenizer), ``worker_count`` (data worker processes per host),
-  ``prefetch`` (batches prepared ahead).
+  ``prefetch`` (batches prepared ahead), ``max_skipped_in_a_row`` (examples skipped as bad in
+  a row, with no good one between, that stop the run naming the source and the reasons).
 - ``objective``: ``loss`` (``clip`` | ``siglip``), ``impl`` (``naive`` | ``tiled`` | ``ring``),
   ``tile`` (tile edge of tiled / ring), ``label_smoothing`` (InfoNCE only).
 - ``optim``: AdamW ``lr``, ``b1``, ``b2``, ``eps``, ``weight_decay``; ``warmup_steps`` of linear
@@ -68,7 +69,8 @@ Keys (every preset has all of them; ``jaxalign.tasks.clip.ClipConfig`` and the g
   parameters, which the evals then use; 0: off).
 - ``train``: ``global_batch_size`` (over all devices and hosts), ``steps``, ``log_every``,
   ``checkpoint_every``, ``keep_checkpoints``, ``eval_every`` (the last step also checkpoints and
-  evaluates).
+  evaluates), ``max_failed_saves`` (checkpoint saves failing in a row, e.g. on a full disk,
+  before the run stops).
 - ``evals``: ``zeroshot_split`` (classify this split's images by the names of its ``label``
   classes put into ``templates``, each with one ``{}``; ``""``: off), ``retrieval_split``
   (image <-> caption recall@k on this split; ``""``: off), ``batch_size``, ``max_examples``
@@ -129,6 +131,7 @@ def base() -> ml_collections.ConfigDict:
     config.data.tokenizer = ""
     config.data.worker_count = 0
     config.data.prefetch = 2
+    config.data.max_skipped_in_a_row = 1000
 
     config.objective = ml_collections.ConfigDict()
     config.objective.loss = "clip"
@@ -156,6 +159,7 @@ def base() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 250
     config.train.keep_checkpoints = 2
     config.train.eval_every = 250
+    config.train.max_failed_saves = 3
 
     config.evals = ml_collections.ConfigDict()
     # Zero-shot on the held-out (colour, shape) pairs; retrieval where captions rarely repeat.

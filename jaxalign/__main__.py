@@ -1,7 +1,5 @@
 """``python -m jaxalign``: the ``jaxalign`` command (``jaxalign.cli``)."""
 
-import sys
+from jaxalign.cli import run
 
-from jaxalign.cli import main
-
-sys.exit(main())
+run()

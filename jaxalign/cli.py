@@ -5,14 +5,18 @@ jaxalign train --config=configs/clip.py:demo --workdir=runs/demo [--config.KEY=V
 jaxalign eval --workdir=runs/demo   # the run's evals again, from its newest checkpoint
 jaxalign env                        # versions, devices, processes and commit, as JSON
 
-Exit status: 0 done; 2 a bad command line, config or missing data (one line naming the key); 1
-a diverged run; 143 stopped by SIGTERM / Ctrl-C after saving (run the same command to resume).
+Exit status: 0 done; 2 a user error: a bad command line or config, missing or bad data or files,
+an unusable or locked work directory (one line naming the key, the file or the directory, no
+traceback); 1 a run that stopped itself (diverged, or checkpoint saves failing); 143 stopped by
+SIGTERM / Ctrl-C after saving (run the same command to resume); 130 a second Ctrl-C (nothing
+saved since the last checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -41,10 +45,10 @@ def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     try:
         config = config_lib.load(args.config, overrides)
         summary = train.train_and_evaluate(config, args.workdir, progress=args.progress)
-    except (config_lib.ConfigError, FileNotFoundError) as error:
+    except train.UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except train.TrainingDivergedError as error:
+    except train.RunStopped as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except train.Preempted as stop:
@@ -55,14 +59,13 @@ def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 
 def _eval(args: argparse.Namespace, overrides: Sequence[str]) -> int:
-    from jaxalign import config as config_lib
     from jaxalign import train
 
     try:
         results = train.evaluate_workdir(
             args.workdir, progress=args.progress, config_file=args.config
         )
-    except (config_lib.ConfigError, FileNotFoundError) as error:
+    except train.UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(results, indent=2))
@@ -113,5 +116,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.run(args, extra)
 
 
+def run() -> None:
+    """The console entry point: ``main`` with a clean exit on Ctrl-C outside the training loop
+    (while importing, or a second Ctrl-C): one line, exit status 130, and no interpreter
+    shutdown racing XLA's or orbax's threads."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted; nothing saved since the last checkpoint", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -30,6 +30,7 @@ import ml_collections
 import pydantic
 
 from jaxalign import overrides as overrides_lib
+from jaxalign.errors import DataError, read_json_object
 from jaxalign.parallel.mesh import resolve_mesh_shape
 from jaxalign.schema import ConfigError, ExperimentConfig, MissingDataError
 from jaxalign.tasks import TASKS
@@ -57,14 +58,22 @@ __all__ = [
 # how it prefetches, what it evaluates (evals read the state, never change it), and the mesh
 # (checkpoints restore into any mesh; the losses then agree to rounding, not bit for bit). A
 # new ``train.steps`` rebuilds the learning-rate schedule for the new end: past the old end of
-# a decayed schedule the rate rises again to the new cosine's value.
+# a decayed schedule the rate rises again to the new cosine's value. After a divergence, a
+# lower ``optim.lr`` scales the whole schedule from the restored step on (the optimizer state
+# does not hold the rate). The limits that stop a run (non-finite updates, skipped examples,
+# failed saves) may change too. Every change is logged and appended to the run's
+# ``config_changes.jsonl`` with the step it took effect at.
 SAFE_ON_RESUME: tuple[str, ...] = (
     "train.steps",
     "train.log_every",
     "train.eval_every",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.max_failed_saves",
+    "optim.lr",
+    "optim.max_nonfinite_in_a_row",
     "data.prefetch",
+    "data.max_skipped_in_a_row",
     "evals.",
     "mesh.",
 )
@@ -124,7 +133,7 @@ def import_config_file(spec: str) -> tuple[types.ModuleType, str | None]:
         raise ConfigError(f"config spec {spec!r}: expected 'path/to/file.py' or 'file.py:preset'")
     path = os.path.expanduser(match["path"])
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} (from spec {spec!r}) does not exist")
+        raise MissingDataError(f"config file {path!r} (from spec {spec!r}) does not exist")
     name = "_jaxalign_config_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
     module_spec = importlib.util.spec_from_file_location(name, path)
     assert module_spec is not None and module_spec.loader is not None
@@ -271,19 +280,27 @@ def save(config: ExperimentConfig, path: str | os.PathLike) -> str:
 
 
 def load_json(path: str | os.PathLike) -> ExperimentConfig:
-    """A ``config.json`` written by ``save`` -> the typed config (ConfigError naming the file
-    when it is not one)."""
-    with open(path) as f:
-        try:
-            values = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{os.fspath(path)}: not a JSON config ({error})") from None
-    schema = schema_of(values.get("task") if isinstance(values, dict) else None)
+    """A ``config.json`` written by ``save`` -> the typed config.
+
+    Raises:
+      MissingDataError: no file at ``path``.
+      ConfigError: the message starts with the path: unreadable (a directory, no permission),
+        not UTF-8 JSON (malformed, truncated, empty), not a JSON object, an unknown task, or
+        values the task's schema refuses (each key named).
+    """
+    name = os.fspath(path)
     try:
+        values = read_json_object(path)
+    except DataError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        schema = schema_of(values.get("task"))
         return schema.model_validate_json(json.dumps(values))
+    except ConfigError as error:
+        raise ConfigError(f"{name}: {error}") from None
     except pydantic.ValidationError as error:
         problems = _problems(error, schema)
-        raise ConfigError(f"{os.fspath(path)}: " + "\n  ".join(problems)) from None
+        raise ConfigError(f"{name}: " + "\n  ".join(problems)) from None
 
 
 def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:

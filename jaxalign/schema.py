@@ -32,15 +32,9 @@ import pydantic
 import pydantic_core
 from pydantic import Field
 
+from jaxalign.errors import ConfigError as ConfigError  # re-exported: schema's errors
+from jaxalign.errors import MissingDataError as MissingDataError
 from jaxalign.parallel.mesh import BATCH_AXES
-
-
-class ConfigError(ValueError):
-    """A config problem; the message names each offending key (``config.optim.lr``) and value."""
-
-
-class MissingDataError(ConfigError, FileNotFoundError):
-    """The config's data (TFDS directory, webdataset shards, tokenizer, a run) is not on disk."""
 
 
 class Group(pydantic.BaseModel):
@@ -166,7 +160,8 @@ class OptimConfig(Group):
 
 class TrainConfig(Group):
     """The global batch (all devices and hosts), the step count, and the cadences (the last
-    step always checkpoints and evaluates)."""
+    step always checkpoints and evaluates); ``max_failed_saves`` checkpoint saves failing in a
+    row (a full disk) stop the run."""
 
     global_batch_size: PositiveInt
     steps: PositiveInt
@@ -174,6 +169,7 @@ class TrainConfig(Group):
     checkpoint_every: PositiveInt
     keep_checkpoints: PositiveInt
     eval_every: PositiveInt
+    max_failed_saves: PositiveInt
 
 
 class MeshConfig(Group):

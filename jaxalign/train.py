@@ -3,21 +3,28 @@
     jaxalign train --config=configs/clip.py:demo --workdir=runs/demo [--config.KEY=VALUE ...]
     python -m jaxalign train ...   # the same
 
-Running the same command on the same work directory resumes from its newest complete
-checkpoint. What the work directory holds (``config.json``, ``env.json``, ``metrics.jsonl``,
-``summary.json``, ``checkpoints/``, ``tensorboard/``) is described in docs/architecture.md.
+Running the same command on the same work directory resumes from its newest complete, readable
+checkpoint. What the work directory holds (``jaxalign-run.json``, ``jaxalign-run.lock``,
+``config.json``, ``config_changes.jsonl``, ``env.json``, ``metrics.jsonl``, ``summary.json``,
+``checkpoints/``, ``tensorboard/``) is described in docs/architecture.md; what happens when
+something goes wrong (bad data, divergence, a damaged checkpoint, a full disk, a second run on
+the same directory) in docs/reliability.md.
 
-``train_and_evaluate`` reads top to bottom: check the config (and that it is the run's own when
-resuming), set up the mesh, the task and its data, the optimizer and the abstract state;
-restore or initialise (from ``config.init_from`` when set); compile the step once; loop (log,
-evaluate, checkpoint, stop on a signal); evaluate and summarise at the end. Everything about a
-task goes through the ``jaxalign.tasks.Task`` protocol.
+``train_and_evaluate`` reads top to bottom: check the config, open (mark and lock) the work
+directory, check that the config is the run's own when resuming, set up the mesh, the task and
+its data, the optimizer and the abstract state; restore or initialise (from
+``config.init_from`` when set); compile the step once; loop (log, evaluate, checkpoint, stop on
+a signal, on bad data, on divergence or on failing saves); evaluate and summarise at the end
+(``summary.json`` is written however the run ends). Everything about a task goes through the
+``jaxalign.tasks.Task`` protocol.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -28,6 +35,7 @@ from jax.sharding import Mesh
 
 from jaxalign import config as config_lib
 from jaxalign import environment
+from jaxalign.errors import RunStopped, UserError, WorkdirError
 from jaxalign.parallel import batch_sharding, make_mesh
 from jaxalign.parallel.mesh import describe_mesh
 from jaxalign.parallel.sharding import abstract_init, activation_context, sharded_init
@@ -35,16 +43,20 @@ from jaxalign.schema import ConfigError, ExperimentConfig
 from jaxalign.tasks import Task, get_task
 from jaxalign.train_lib import TrainState, make_optimizer, make_train_step
 from jaxalign.train_lib.checkpoint import Checkpointer
-from jaxalign.train_lib.loop import Loop, Preempted, TrainingDivergedError
+from jaxalign.train_lib.loop import Loop, Preempted, SavesFailedError, TrainingDivergedError
 from jaxalign.train_lib.metric_writers import MetricWriter
 from jaxalign.train_lib.preemption import PREEMPTED_EXIT_CODE, StopSignal
 from jaxalign.train_lib.throughput import Throughput, peak_flops, step_flops
 from jaxalign.train_lib.transfer import load_from_run
+from jaxalign.train_lib.workdir import open_workdir
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",
     "Preempted",
+    "RunStopped",
+    "SavesFailedError",
     "TrainingDivergedError",
+    "UserError",
     "evaluate_workdir",
     "train_and_evaluate",
 ]
@@ -56,6 +68,18 @@ def _write_json(path: str, value: Any) -> None:
             json.dump(value, f, indent=2)
             f.write("\n")
         os.replace(path + ".tmp", path)
+
+
+def _record_changes(workdir: str, step: int, changes: list[tuple[str, Any, Any]]) -> None:
+    """Appends the keys changed on resume to ``config_changes.jsonl``, with the step they
+    take effect at."""
+    if not changes or jax.process_index() != 0:
+        return
+    when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+        for key, old, new in changes:
+            row = {"step": step, "key": key, "old": old, "new": new, "time": when}
+            f.write(json.dumps(row) + "\n")
 
 
 class _Setup(NamedTuple):
@@ -109,13 +133,15 @@ def _setup(config: ExperimentConfig, devices: Sequence[jax.Device]) -> _Setup:
     return _Setup(mesh, task, tx, schedule, init_state, rng, abstract_state, state_shardings)
 
 
-def _resume_check(config: ExperimentConfig, workdir: str, resume_step: int | None) -> list[str]:
+def _resume_check(
+    config: ExperimentConfig, workdir: str, resume_step: int | None
+) -> list[tuple[str, Any, Any]]:
     """Checks ``config`` against the run's saved ``config.json``, if there is one.
 
-    Returns the lines to log about keys changed on resume (``config_lib.SAFE_ON_RESUME``, and
-    ``init_from.*`` once the run has a checkpoint of its own). Raises ConfigError listing every
-    other key that differs, with both values (the saved config is left as it was), and when
-    ``train.steps`` is below the step the run already reached.
+    Returns ``(key, old, new)`` for the keys changed on resume (``config_lib.SAFE_ON_RESUME``,
+    and ``init_from.*`` once the run has a checkpoint of its own). Raises ConfigError listing
+    every other key that differs, with both values (the saved config is left as it was), and
+    when ``train.steps`` is below the step the run already reached.
     """
     if resume_step is not None and resume_step > config.train.steps:
         raise ConfigError(
@@ -125,18 +151,14 @@ def _resume_check(config: ExperimentConfig, workdir: str, resume_step: int | Non
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        saved = json.load(f)
+    saved = config_lib.to_dict(config_lib.load_json(path))
     problems = config_lib.resume_problems(saved, config, started=resume_step is not None)
     if problems:
         raise ConfigError(
             f"{workdir} holds a run of another config ({path}); resume it with the same "
             "config, or use a new work directory:\n  " + "\n  ".join(problems)
         )
-    return [
-        f"config.{key}: {old!r} -> {new!r} (changed on resume)"
-        for key, old, new in config_lib.differences(saved, config)
-    ]
+    return config_lib.differences(saved, config)
 
 
 def _write_env(workdir: str, mesh: Mesh) -> float | None:
@@ -171,46 +193,58 @@ def train_and_evaluate(
       progress: show a progress bar; ``None``: when stderr is a terminal.
 
     Raises:
-      ConfigError / MissingDataError: a bad config, missing data, or a work directory that
-        holds a run of another config (naming the keys).
-      TrainingDivergedError: ``optim.max_nonfinite_in_a_row`` skipped updates in a row.
+      UserError: a bad config or missing data (``ConfigError`` / ``MissingDataError``, naming
+        the keys), a work directory that cannot be used or is locked by a live run
+        (``WorkdirError``), data whose examples are all bad or checkpoints none of which reads
+        (``DataError``).
+      RunStopped: ``optim.max_nonfinite_in_a_row`` skipped updates in a row
+        (``TrainingDivergedError``) or ``train.max_failed_saves`` failed saves in a row
+        (``SavesFailedError``).
       Preempted: SIGTERM or SIGINT arrived; a checkpoint of the last step was saved.
     """
-    workdir = os.path.abspath(os.fspath(workdir))
     started = time.perf_counter()
     devices = list(jax.devices() if devices is None else devices)
     if config.init_from.workdir:  # saved absolute: the run reads the same source from anywhere
         source = os.path.abspath(os.path.expanduser(config.init_from.workdir))
         config = config_lib.override(config, [f"init_from.workdir={source}"])
     config_lib.validate(config, num_devices=len(devices))
-    os.makedirs(workdir, exist_ok=True)
-    checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
-    )
-    try:
-        notes = _resume_check(config, workdir, checkpointer.latest_step())
-        return _train(config, workdir, devices, checkpointer, notes, progress, started)
-    finally:
-        checkpointer.close()
+    with (
+        StopSignal() as stop,  # from here on, a signal only asks the loop to stop
+        open_workdir(workdir, lead=jax.process_index() == 0) as run_dir,
+    ):
+        workdir = run_dir.path
+        checkpointer = Checkpointer(
+            os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
+        )
+        try:
+            changes = _resume_check(config, workdir, checkpointer.latest_step())
+            return _train(config, workdir, devices, checkpointer, changes, progress, started, stop)
+        finally:
+            checkpointer.close()
 
 
-def _train(config, workdir, devices, checkpointer, notes, progress, started) -> dict[str, Any]:
+def _train(
+    config, workdir, devices, checkpointer, changes, progress, started, stop
+) -> dict[str, Any]:
     """The body of ``train_and_evaluate``, once the config is known to be the run's own."""
     setup = _setup(config, devices)
     mesh, task = setup.mesh, setup.task
     peak = _write_env(workdir, mesh)
 
     # Resume order:
-    #   1. the newest complete checkpoint in workdir/checkpoints gives the state (restored into
-    #      this mesh's shardings) and this process's data-iterator position;
+    #   1. the newest complete, readable checkpoint in workdir/checkpoints gives the state
+    #      (restored into this mesh's shardings) and this process's data-iterator position
+    #      (newer checkpoints that do not read are moved to workdir/corrupt_checkpoints/);
     #   2. without one, the state is initialised from config.seed, sharded; then, with
     #      config.init_from, the mapped parameters (and model state) of the saved run replace
     #      their initial values; the data start from the beginning of the seed's first epoch;
     #   3. rows of metrics.jsonl (and TensorBoard events) after the restored step are dropped.
-    iterator = iter(task.train_stream())
+    stream = task.train_stream()
+    iterator = iter(stream)
+    notes = []
     try:
         if checkpointer.latest_step() is not None:
-            state, data_state, start_step = checkpointer.restore(setup.abstract_state)
+            state, data_state, start_step, notes = checkpointer.restore(setup.abstract_state)
             iterator.set_state(data_state)
         else:
             state, _ = sharded_init(
@@ -223,6 +257,7 @@ def _train(config, workdir, devices, checkpointer, notes, progress, started) -> 
         compiled, flops = setup.compile_step()
         if jax.process_index() == 0:  # the run starts: the config is its own now
             config_lib.save(config, workdir)
+            _record_changes(workdir, start_step, changes)
         total_steps, batch_size = config.train.steps, config.train.global_batch_size
         writer = MetricWriter(
             workdir, total_steps=total_steps, start_step=start_step, progress=progress
@@ -236,6 +271,10 @@ def _train(config, workdir, devices, checkpointer, notes, progress, started) -> 
         + (f", resumed from checkpoint {start_step}" if start_step else "")
         + (f"; {flops / 1e9:.4g} GFLOP per device per step" if flops else "")
     )
+    if getattr(stream, "num_records", None) is not None:
+        writer.log(f"data: {stream.source_name}")
+    for key, old, new in changes:
+        writer.log(f"config.{key}: {old!r} -> {new!r} (changed on resume)")
     for note in notes:
         writer.log(note)
     loop = Loop(
@@ -248,26 +287,36 @@ def _train(config, workdir, devices, checkpointer, notes, progress, started) -> 
         checkpointer=checkpointer,
         writer=writer,
         throughput=Throughput(batch_size, flops, peak),
+        last_step=start_step,
+        nonfinite_total=int(jax.device_get(state.nonfinite_total)),
     )
     eval_row: dict[str, Any] = {}
+    summary: dict[str, Any] = {"step": start_step, "stopped": None}
     try:
-        with StopSignal() as stop:
-            state, step = loop.run(state, start_step, stop)
-            checkpointer.save(step, state, iterator.get_state())  # before the evals can fail
-            if step == total_steps:
-                eval_row = loop.evaluate(state, step, progress)
-        checkpointer.wait()
+        state, step = loop.run(state, start_step, stop)
+        loop.save(step, state, iterator.get_state())  # before the evals can fail
+        if step == total_steps:
+            eval_row = loop.evaluate(state, step, progress)
+        failure = checkpointer.wait()
+        if failure:
+            raise SavesFailedError(f"{failure}; run the same command to save it again")
+    except (RunStopped, UserError, Preempted) as error:
+        summary["stopped"] = f"{type(error).__name__}: {error}"
+        raise
     finally:
+        summary.update(
+            {
+                "step": loop.last_step,
+                **eval_row,
+                **loop.data_metrics(),
+                "data/records": getattr(stream, "num_records", None),
+                "nonfinite_total": loop.nonfinite_total,
+                "wall_s": round(time.perf_counter() - started, 1),
+            }
+        )
+        _write_json(os.path.join(workdir, "summary.json"), summary)
         writer.close()
         iterator.close()
-
-    summary = {
-        "step": step,
-        **eval_row,
-        "nonfinite_total": int(state.nonfinite_total),
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    _write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
 
 
@@ -291,14 +340,15 @@ def evaluate_workdir(
 ) -> dict:
     """Re-runs the task's evals from the newest checkpoint of a run, reading only what the
     evals use (parameters, model state, moving average; never the optimizer state); returns
-    the metrics (also written to ``workdir/eval.json``). ``config_file`` is run first, for a
-    task that file defines (``"tests/tasks/test_protocol.py"``)."""
+    the metrics (also written to ``workdir/eval.json`` when the directory is writable).
+    ``config_file`` is run first, for a task that file defines
+    (``"tests/tasks/test_protocol.py"``)."""
     if config_file:
         config_lib.import_config_file(config_file)
     workdir = os.path.abspath(os.fspath(workdir))
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a jaxalign run")
+        raise WorkdirError(f"--workdir={workdir}: not a jaxalign run (no {path})")
     config = config_lib.load_json(path)
     devices = jax.devices()
     config_lib.validate(config, num_devices=len(devices))
@@ -330,5 +380,8 @@ def evaluate_workdir(
     )
     results = setup.task.evaluate(state.eval_variables(), progress=bool(progress))
     out = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
-    _write_json(os.path.join(workdir, "eval.json"), out)
+    try:
+        _write_json(os.path.join(workdir, "eval.json"), out)
+    except OSError as error:  # a read-only run: the figures are still returned (and printed)
+        print(f"note: eval.json not written in {workdir} ({error.strerror})", file=sys.stderr)
     return out

@@ -29,3 +29,15 @@ settings.load_profile("jaxalign")
 @pytest.fixture(scope="session", autouse=True)
 def eight_devices():
     assert jax.device_count() == 8, f"expected 8 simulated CPU devices, got {jax.devices()}"
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory):
+    """The built-in ``shapes_captions`` dataset and its caption tokenizer, built once for the
+    session (the trainer tests' data)."""
+    from jaxalign.data import builtin
+
+    path = tmp_path_factory.mktemp("shapes_data")
+    builtin.prepare("shapes_captions", path)
+    builtin.build_caption_tokenizer(path)
+    return str(path)

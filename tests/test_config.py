@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 from collections.abc import Sequence
 
 import pytest
@@ -449,6 +450,43 @@ def test_load_json_names_the_file(tmp_path: pathlib.Path):
     path.write_text(json.dumps(values))
     with pytest.raises(config_lib.ConfigError, match=r"config\.json.*config\.optim\.lr='fast'"):
         config_lib.load_json(path)
+
+
+def _truncated_config(tmp_path: pathlib.Path) -> bytes:
+    text = pathlib.Path(config_lib.save(_load("tiny"), tmp_path / "saved")).read_bytes()
+    return text[: len(text) // 2]
+
+
+@pytest.mark.parametrize(
+    "contents, reason",
+    [
+        (b'{"task": "clip", "seed": ', "not valid JSON"),
+        (None, "not valid JSON"),  # a saved config cut in half
+        (b"", "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b"null", "expected a JSON object"),
+        (b'{"task": 3}', "config.task=3: unknown task"),
+    ],
+)
+def test_malformed_run_config_json_names_the_file(contents, reason, tmp_path: pathlib.Path):
+    path = tmp_path / "run" / "config.json"
+    path.parent.mkdir()
+    path.write_bytes(_truncated_config(tmp_path) if contents is None else contents)
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.load_json(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and reason in message, message
+
+
+def test_unreadable_or_missing_run_config_json_names_the_file(tmp_path: pathlib.Path):
+    directory = tmp_path / "config.json"
+    directory.mkdir()
+    with pytest.raises(config_lib.ConfigError, match=re.escape(f"{directory}: cannot be read")):
+        config_lib.load_json(directory)
+    missing = tmp_path / "absent" / "config.json"
+    with pytest.raises(config_lib.MissingDataError, match=re.escape(f"{missing} does not exist")):
+        config_lib.load_json(missing)
 
 
 def test_override_of_a_typed_config():

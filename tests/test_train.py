@@ -22,20 +22,14 @@ from jaxalign import cli, train
 from jaxalign import config as config_lib
 from jaxalign.tasks.clip import ClipTask
 from jaxalign.train_lib.metric_writers import read_metrics
-from tests.trainer_child import losses, run_trainer
+from tests.trainer_child import losses, plant_nan, run_trainer
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "clip.py")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """One built-in dataset build for the module."""
-    from jaxalign.data import builtin
-
-    path = tmp_path_factory.mktemp("data")
-    builtin.prepare("shapes_captions", path)
-    builtin.build_caption_tokenizer(path)
-    return str(path)
+def data_dir(shapes_data_dir):
+    return shapes_data_dir
 
 
 def _overrides(data_dir, **extra):
@@ -160,36 +154,8 @@ def test_the_step_is_traced_once_per_run(data_dir, tmp_path, monkeypatch):
     assert len(traces) == 1
 
 
-def _plant_nan(monkeypatch, bad_steps):
-    """Batches ``bad_steps`` (1-based) of the training stream get NaN images."""
-    pipeline = ClipTask.train_stream
-
-    class Planted:
-        def __init__(self, iterator):
-            self.iterator, self.count = iterator, 0
-
-        def __next__(self):
-            batch = next(self.iterator)
-            self.count += 1
-            if self.count in bad_steps:
-                batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
-            return batch
-
-        def __getattr__(self, name):
-            return getattr(self.iterator, name)
-
-    class PlantedPipeline:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __iter__(self):
-            return Planted(iter(self.inner))
-
-    monkeypatch.setattr(ClipTask, "train_stream", lambda self: PlantedPipeline(pipeline(self)))
-
-
 def test_a_nan_batch_is_skipped_and_counted(data_dir, tmp_path, monkeypatch):
-    _plant_nan(monkeypatch, bad_steps={3})
+    plant_nan(monkeypatch, bad_steps={3})
     summary = train.train_and_evaluate(_load(data_dir, **{"train.steps": 5}), tmp_path)
     assert summary["nonfinite_total"] == 1
     rows = {row["step"]: row for row in read_metrics(tmp_path) if "loss" in row}
@@ -200,7 +166,7 @@ def test_a_nan_batch_is_skipped_and_counted(data_dir, tmp_path, monkeypatch):
 
 
 def test_too_many_nonfinite_updates_stop_the_run(data_dir, tmp_path, monkeypatch):
-    _plant_nan(monkeypatch, bad_steps={2, 3, 4})
+    plant_nan(monkeypatch, bad_steps={2, 3, 4})
     config = _load(data_dir, **{"train.steps": 5, "optim.max_nonfinite_in_a_row": 3})
     with pytest.raises(train.TrainingDivergedError, match="3 updates in a row"):
         train.train_and_evaluate(config, tmp_path)

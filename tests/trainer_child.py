@@ -63,3 +63,44 @@ def run_trainer(
 def losses(workdir):
     """``{step: loss}`` of a run's ``metrics.jsonl``."""
     return {row["step"]: row["loss"] for row in read_metrics(workdir) if "loss" in row}
+
+
+def wrap_clip_stream(monkeypatch, on_batch):
+    """The CLIP task's training iterator yields ``on_batch(count, next_batch)`` instead:
+    ``count`` is the 1-based number of the batch asked for, ``next_batch()`` the real one."""
+    from jaxalign.tasks.clip import ClipTask
+
+    pipeline = ClipTask.train_stream
+
+    class Wrapped:
+        def __init__(self, iterator):
+            self.iterator, self.count = iterator, 0
+
+        def __next__(self):
+            self.count += 1
+            return on_batch(self.count, lambda: next(self.iterator))
+
+        def __getattr__(self, name):  # get_state, set_state, metrics, close
+            return getattr(self.iterator, name)
+
+    class WrappedStream:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __iter__(self):
+            return Wrapped(iter(self.inner))
+
+    monkeypatch.setattr(ClipTask, "train_stream", lambda self: WrappedStream(pipeline(self)))
+
+
+def plant_nan(monkeypatch, bad_steps):
+    """Batches ``bad_steps`` (1-based) of the CLIP task's training stream get NaN images."""
+    import numpy as np
+
+    def on_batch(count, next_batch):
+        batch = next_batch()
+        if count in bad_steps:
+            batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+        return batch
+
+    wrap_clip_stream(monkeypatch, on_batch)

@@ -37,6 +37,7 @@ import grain
 import numpy as np
 
 from jaxalign.data.transforms import SKIP_FIELD, BadExample, ExampleKey, Skip, Transform
+from jaxalign.errors import DataError
 
 STATE_VERSION = 1
 
@@ -57,6 +58,14 @@ class _EpochAndIndex:
         return position // self.num_records, int(index)
 
 
+def _where(record: Any, index: int) -> str:
+    """``"key 000123 in /data/s0.tar"``: where a skipped record came from, for messages."""
+    if not isinstance(record, Mapping):
+        return f"index {index}"
+    key, url = record.get("__key__"), record.get("__url__")
+    return f"key {key}" + (f" in {url}" if url else "") if key is not None else f"index {index}"
+
+
 @dataclasses.dataclass(frozen=True)
 class _ReadAndTransform:
     """``(epoch, index) -> transform(source[index], ExampleKey(seed, epoch, index))``, with a
@@ -70,25 +79,39 @@ class _ReadAndTransform:
         epoch, index = epoch_and_index
         record = self.source[index]
         if isinstance(record, Mapping) and record.get(SKIP_FIELD):
-            return Skip(str(record[SKIP_FIELD]))
+            return Skip(str(record[SKIP_FIELD]), _where(record, index))
         try:
             out = self.transform(record, ExampleKey(self.seed, epoch, index))
         except BadExample as bad:
-            return Skip(bad.reason)
+            return Skip(bad.reason, _where(record, index))
         if out is None:
             raise TypeError(
                 f"transform {self.transform!r} returned None for index {index}; return a dict "
                 "of arrays or jaxalign.data.transforms.Skip(reason)"
             )
+        if isinstance(out, Skip) and not out.where:
+            return Skip(out.reason, _where(record, index))
         return out
+
+
+class TooManySkipped(DataError):
+    """``max_skipped_in_a_row`` examples in a row were skipped as bad: the data is unusable."""
 
 
 class _UnchunkIterDataset(grain.IterDataset):
     """Chunks (lists of examples or ``Skip`` markers) -> examples; markers are dropped and
-    counted per reason in the iterator state."""
+    counted per reason in the iterator state; ``max_skipped_in_a_row`` markers in a row raise
+    ``TooManySkipped`` naming ``source_name``."""
+
+    def __init__(self, parent: grain.IterDataset, max_skipped_in_a_row: int, source_name: str):
+        super().__init__(parent)
+        self.max_skipped_in_a_row = max_skipped_in_a_row
+        self.source_name = source_name
 
     def __iter__(self) -> _UnchunkIterator:
-        return _UnchunkIterator(self._parent.__iter__())
+        return _UnchunkIterator(
+            self._parent.__iter__(), self.max_skipped_in_a_row, self.source_name
+        )
 
     def __str__(self) -> str:
         return "UnchunkIterDataset"
@@ -97,12 +120,15 @@ class _UnchunkIterDataset(grain.IterDataset):
 class _UnchunkIterator(grain.DatasetIterator):
     """State: the parent's state before the current chunk, the offset in it, the skip counts."""
 
-    def __init__(self, parent: grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, max_in_a_row: int, source_name: str):
         super().__init__(parent)
         self._skipped: collections.Counter[str] = collections.Counter()
         self._chunk: list[Any] = []
         self._offset = 0
         self._chunk_start: Any = None
+        self._max_in_a_row, self._source_name = max_in_a_row, source_name
+        self._streak: collections.Counter[str] = collections.Counter()
+        self._streak_last: Skip | None = None
 
     def __next__(self) -> Any:
         while True:
@@ -115,8 +141,22 @@ class _UnchunkIterator(grain.DatasetIterator):
             self._offset += 1
             if isinstance(element, Skip):
                 self._skipped[element.reason] += 1
+                self._count_streak(element)
                 continue
+            self._streak.clear()
             return element
+
+    def _count_streak(self, skip: Skip) -> None:
+        self._streak[skip.reason] += 1
+        self._streak_last = skip
+        in_a_row = sum(self._streak.values())
+        if in_a_row >= self._max_in_a_row:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in self._streak.most_common())
+            raise TooManySkipped(
+                f"{in_a_row} examples in a row were skipped as bad (max_skipped_in_a_row="
+                f"{self._max_in_a_row}) reading {self._source_name}: {reasons}; the last was "
+                f"{skip.reason} at {skip.where or 'an unknown place'}. Check the data"
+            )
 
     def get_state(self) -> dict[str, Any]:
         if self._offset >= len(self._chunk):  # between chunks
@@ -132,6 +172,7 @@ class _UnchunkIterator(grain.DatasetIterator):
             self._chunk = list(next(self._parent))
             self._offset = int(state["offset"])
         self._skipped = collections.Counter({str(k): int(v) for k, v in state["skipped"].items()})
+        self._streak.clear()
 
 
 class Pipeline(grain.IterDataset):
@@ -139,14 +180,17 @@ class Pipeline(grain.IterDataset):
 
     Each batch is the transform's dict with a leading ``[per_process_batch_size]`` axis, e.g.
     ``{"image": [b, H, W, 3] float32|uint8, "ids": [b, L] int32, "mask": [b, L] int32}``.
+    ``num_records`` is the source's length, ``source_name`` its description.
     """
 
-    def __init__(self, parent: grain.IterDataset, fingerprint: dict[str, Any]):
+    def __init__(self, parent: grain.IterDataset, fingerprint: dict[str, Any], source_name: str):
         super().__init__(parent)
         self.fingerprint = fingerprint
         self.per_process_batch_size: int = fingerprint["per_process_batch_size"]
         self.process_index: int = fingerprint["process_index"]
         self.process_count: int = fingerprint["process_count"]
+        self.num_records: int = fingerprint["num_records"]
+        self.source_name = source_name
 
     def __iter__(self) -> PipelineIterator:
         return PipelineIterator(self._parent.__iter__(), self.fingerprint)
@@ -208,9 +252,14 @@ class PipelineIterator(grain.DatasetIterator):
         return dict(state["skipped"])
 
     def metrics(self) -> dict[str, int]:
-        """``{"data/batches", "data/skipped", "data/skipped/<reason>"...}`` for this process."""
+        """``{"data/batches", "data/examples", "data/skipped", "data/skipped/<reason>"...}``
+        for this process (examples: those yielded in batches)."""
         counts = self.skip_counts()
-        out = {"data/batches": self._batches, "data/skipped": sum(counts.values())}
+        out = {
+            "data/batches": self._batches,
+            "data/examples": self._batches * self._fingerprint["per_process_batch_size"],
+            "data/skipped": sum(counts.values()),
+        }
         out.update({f"data/skipped/{reason}": n for reason, n in counts.items()})
         return out
 
@@ -242,6 +291,7 @@ def make_pipeline(
     read_options: grain.ReadOptions | None = None,
     worker_buffer_size: int = 2,
     chunk_size: int = 16,
+    max_skipped_in_a_row: int = 1000,
 ) -> Pipeline:
     """Builds this process's stream of batches over a random-access ``source``.
 
@@ -265,6 +315,9 @@ def make_pipeline(
       worker_buffer_size: chunks each worker process prepares ahead.
       chunk_size: consecutive examples of the shard read + transformed together (by one read
         thread or worker, sent to this process as one message); the batches do not depend on it.
+      max_skipped_in_a_row: this many examples skipped in a row (no good one between) raise
+        ``TooManySkipped`` (a ``DataError``) from ``next()``, naming the source, the reasons
+        and where the last one was: data that is all bad stops the run instead of spinning.
 
     Returns:
       A :class:`Pipeline`; ``iter(pipeline)`` gives a :class:`PipelineIterator` of batches
@@ -291,6 +344,8 @@ def make_pipeline(
         raise ValueError(f"seed={seed} must be in [0, 2**32)")
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs={num_epochs} must be >= 1 or None (forever)")
+    if max_skipped_in_a_row < 1:
+        raise ValueError(f"max_skipped_in_a_row={max_skipped_in_a_row} must be >= 1")
     if worker_count < 0 or prefetch < 0 or chunk_size < 1:
         raise ValueError(
             f"worker_count={worker_count} and prefetch={prefetch} must be >= 0, "
@@ -317,7 +372,8 @@ def make_pipeline(
                 num_workers=worker_count, per_worker_buffer_size=worker_buffer_size
             )
         )
-    stream = _UnchunkIterDataset(stream)
+    source_name = f"{source!r} ({num_records} records)"
+    stream = _UnchunkIterDataset(stream, max_skipped_in_a_row, source_name)
     stream = stream.batch(per_process, drop_remainder=drop_remainder)
     if prefetch > 0:
         stream = grain.experimental.ThreadPrefetchIterDataset(stream, prefetch_buffer_size=prefetch)
@@ -332,7 +388,7 @@ def make_pipeline(
         "worker_count": int(worker_count),  # these two shape the saved state
         "chunk_size": int(chunk_size),
     }
-    return Pipeline(stream, fingerprint)
+    return Pipeline(stream, fingerprint, source_name)
 
 
 def to_global_array(batch: Mapping[str, Any], mesh: Any) -> dict[str, Any]:

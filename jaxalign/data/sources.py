@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from jaxalign.data.transforms import MISSING_CAPTION, MISSING_IMAGE, SKIP_FIELD
+from jaxalign.errors import DataError, MissingDataError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTENSIONS: tuple[str, ...] = ("txt", "json")
@@ -69,7 +70,7 @@ def tfds_source(name: str, data_dir: PathLike, split: str, *, decode_images: boo
       (images ``[H, W, C]`` uint8 or bytes, text as bytes, labels as numpy ints).
 
     Raises:
-      FileNotFoundError: ``data_dir`` does not exist (the message names it).
+      MissingDataError (a FileNotFoundError): ``data_dir`` does not exist (named).
       ValueError: no prepared dataset ``name`` under ``data_dir`` (names both and lists what is
         there), or an unknown split.
     """
@@ -78,7 +79,7 @@ def tfds_source(name: str, data_dir: PathLike, split: str, *, decode_images: boo
 
     path = pathlib.Path(data_dir).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"tfds_source({name!r}): data_dir {str(path)!r} does not exist")
+        raise MissingDataError(f"tfds_source({name!r}): data_dir {str(path)!r} does not exist")
     if (path / "dataset_info.json").is_file():
         builder = tfds.builder_from_directory(str(path))
         if builder.name != name.split(":")[0].split("/")[0]:
@@ -179,7 +180,7 @@ def _index_shard(path: str, shard: int) -> tuple[list[tuple], list[str]]:
                 members[ext.lower()] = (info.offset_data, info.size)
             flush()
     except tarfile.ReadError as error:
-        raise ValueError(
+        raise DataError(
             f"WebDatasetSource: cannot index {path!r} as an uncompressed tar ({error}); "
             "compressed shards cannot be read by offset"
         ) from None
@@ -218,8 +219,8 @@ class WebDatasetSource:
     without a caption member or with unreadable JSON) are kept, flagged with ``"__skip__"``
     (``missing_image``, ``missing_caption``, ``corrupt_caption``), for the pipeline to count.
 
-    Raises FileNotFoundError naming a missing shard, ValueError for no shards or a shard that
-    is not an uncompressed tar.
+    Raises MissingDataError naming a missing shard, ValueError for no shards, DataError for a
+    shard that is not an uncompressed tar.
     """
 
     def __init__(self, shard_paths: PathLike | Sequence[PathLike], *, require_caption: bool = True):
@@ -228,7 +229,7 @@ class WebDatasetSource:
             raise ValueError(f"WebDatasetSource: no shards in {shard_paths!r}")
         for path in self.shard_paths:
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"WebDatasetSource: shard {path!r} does not exist")
+                raise MissingDataError(f"WebDatasetSource: shard {path!r} does not exist")
         self.require_caption = require_caption
         rows: list[tuple] = []
         self._keys: list[str] = []
@@ -242,7 +243,9 @@ class WebDatasetSource:
         return len(self._index)
 
     def __repr__(self) -> str:
-        return f"WebDatasetSource({len(self.shard_paths)} shards, {len(self)} samples)"
+        first = self.shard_paths[0]
+        more = f" and {len(self.shard_paths) - 1} more shards" if len(self.shard_paths) > 1 else ""
+        return f"WebDatasetSource({first!r}{more}, {len(self)} samples)"
 
     def _read(self, row: np.void) -> tuple[bytes | None, bytes | None]:
         path = self.shard_paths[int(row["shard"])]
@@ -290,16 +293,16 @@ def _read_captions(path: pathlib.Path) -> list[tuple[str, Any]]:
                 try:
                     row = json.loads(line)
                 except ValueError as error:
-                    raise ValueError(f"{path}:{line_no}: not JSON ({error})") from None
+                    raise DataError(f"{path}:{line_no}: not JSON ({error})") from None
                 if not isinstance(row, dict) or "file" not in row:
-                    raise ValueError(f'{path}:{line_no}: expected {{"file": ..., "caption": ...}}')
+                    raise DataError(f'{path}:{line_no}: expected {{"file": ..., "caption": ...}}')
                 pairs.append((str(row["file"]), row.get("caption")))
         return pairs
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         if "file" not in columns or "caption" not in columns:
-            raise ValueError(f"{path}: needs columns 'file' and 'caption', has {columns}")
+            raise DataError(f"{path}: needs columns 'file' and 'caption', has {columns}")
         for row in reader:
             pairs.append((row["file"], row["caption"]))
     return pairs
@@ -314,19 +317,19 @@ class ImageFolderSource:
     ``"__skip__": "missing_image"``. ``captions_file`` defaults to ``root/captions.csv`` or
     ``root/captions.jsonl``.
 
-    Raises FileNotFoundError naming ``root`` or the captions file when absent, ValueError for a
+    Raises MissingDataError naming ``root`` or the captions file when absent, DataError for a
     captions file without the needed columns.
     """
 
     def __init__(self, root: PathLike, captions_file: PathLike | None = None):
         self.root = pathlib.Path(root).expanduser()
         if not self.root.is_dir():
-            raise FileNotFoundError(f"ImageFolderSource: root {str(self.root)!r} does not exist")
+            raise MissingDataError(f"ImageFolderSource: root {str(self.root)!r} does not exist")
         if captions_file is None:
             candidates = [self.root / "captions.csv", self.root / "captions.jsonl"]
             found = [c for c in candidates if c.is_file()]
             if not found:
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"ImageFolderSource: no captions file given and none of "
                     f"{[str(c) for c in candidates]} exists"
                 )
@@ -334,7 +337,7 @@ class ImageFolderSource:
         else:
             captions_path = pathlib.Path(captions_file).expanduser()
             if not captions_path.is_file():
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"ImageFolderSource: captions file {str(captions_path)!r} does not exist"
                 )
         self.captions_file = captions_path

@@ -64,9 +64,11 @@ Example = dict[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class Skip:
-    """Returned instead of an example: the example is dropped and counted under ``reason``."""
+    """Returned instead of an example: the example is dropped and counted under ``reason``;
+    ``where`` (set by the pipeline: the record's key and file) is for error messages only."""
 
     reason: str
+    where: str = dataclasses.field(default="", compare=False)
 
 
 class BadExample(Exception):

@@ -12,6 +12,10 @@ convert them to safetensors first). Nothing here touches the network.
   ``BertFor*``, keys prefixed ``bert.``) directory.
 - ``load_tokenizer(dir)``: ``transformers.AutoTokenizer`` with ``local_files_only=True``.
 
+Errors name the file: a missing directory or file is a ``MissingDataError``; a malformed
+``config.json``, index, safetensors or tokenizer file a ``DataError`` whose message starts with
+the file's path and says what is wrong (``jaxalign.errors``).
+
 Layout mapping (PyTorch -> ours): ``nn.Linear`` weights ``[out, in]`` are transposed to
 ``[in, out]``; q / k / v projections become ``[width, heads, head_dim]`` (biases
 ``[heads, head_dim]``), the attention output ``[heads, head_dim, width]``; the patch conv
@@ -30,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import safetensors
 import safetensors.numpy
 
+from jaxalign.errors import DataError, MissingDataError, read_json_object
 from jaxalign.interop.hf_layout import bert_tensors, clip_tensors
 from jaxalign.interop.tensor_map import (
     SAFETENSORS,
@@ -41,6 +45,7 @@ from jaxalign.interop.tensor_map import (
     check_tree,
     read_config,
     read_tensors,
+    tensor_shapes,
     to_hf,
     weight_files,
 )
@@ -50,7 +55,7 @@ from jaxalign.models.text import TextTransformer
 from jaxalign.models.vit import ViT
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 PathLike = str | pathlib.Path
 
@@ -63,6 +68,13 @@ TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
+# The JSON files a tokenizer directory may hold (each must be a JSON object).
+TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "added_tokens.json", "vocab.json", "config.json")  # fmt: skip
+CLIP_VISION_DIMS = ("hidden_size", "intermediate_size", "num_hidden_layers",
+                    "num_attention_heads", "num_channels", "image_size", "patch_size")  # fmt: skip
+TEXT_DIMS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads", "max_position_embeddings")  # fmt: skip
 # Non-persistent buffers older transformers releases wrote into checkpoints: not parameters.
 CLIP_BUFFERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -88,9 +100,39 @@ CLIP_LEGACY_EOS = 2  # transformers pools CLIP text at argmax(ids) when eos_toke
 # --- files -------------------------------------------------------------------------------------
 
 
+def hf_config(cls: type[PretrainedConfig], path: pathlib.Path, model_type: str) -> Any:
+    """``cls`` (a transformers config class) from ``path/config.json``.
+
+    Raises:
+      MissingDataError: no ``config.json``.
+      DataError: naming the file: unreadable, not JSON, another ``model_type``, or values
+        transformers refuses.
+    """
+    from huggingface_hub.errors import StrictDataclassError
+
+    read_config(path, (model_type,))  # a readable JSON object of this model_type
+    file = path / "config.json"
+    try:
+        return cls.from_json_file(str(file))
+    except (TypeError, ValueError, StrictDataclassError) as error:
+        reason = " ".join(str(error).split())
+        raise DataError(f"{file}: not a {cls.__name__} ({reason})") from None
+
+
+def check_dims(where: str, config: Any, names: tuple[str, ...], minimum: int = 1) -> None:
+    """DataError unless each ``config.<name>`` is an int >= ``minimum``; ``where`` prefixes the
+    key in the message (``"/ckpt/config.json: vision_config."``)."""
+    for name in names:
+        value = getattr(config, name, None)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise DataError(f"{where}{name} must be an int >= {minimum}, got {value!r}")
+
+
 def our_act(hidden_act: Any, where: str) -> str:
+    """Our activation name for Hugging Face's; DataError naming ``where`` (the file and the
+    config section) when we have none."""
     if hidden_act not in HF_ACTS:
-        raise ValueError(
+        raise DataError(
             f"{where}.hidden_act {hidden_act!r} is not supported; choose from {sorted(HF_ACTS)}"
         )
     return HF_ACTS[hidden_act]
@@ -99,12 +141,13 @@ def our_act(hidden_act: Any, where: str) -> str:
 # --- CLIP --------------------------------------------------------------------------------------
 
 
-def clip_text_pool(eos_token_id: Any) -> dict[str, Any]:
-    """TextTransformer pooling fields matching transformers 5's ``CLIPTextTransformer``."""
+def clip_text_pool(eos_token_id: Any, where: str = "text_config") -> dict[str, Any]:
+    """TextTransformer pooling fields matching transformers 5's ``CLIPTextTransformer``;
+    DataError naming ``where`` (the file and the config section) for an unusable id."""
     if eos_token_id == CLIP_LEGACY_EOS:  # the pre-#24773 configs: pool at the highest id
         return dict(pool="argmax", eot_token_id=None)
-    if not isinstance(eos_token_id, int):
-        raise ValueError(f"text_config.eos_token_id must be one int, got {eos_token_id!r}")
+    if not isinstance(eos_token_id, int) or isinstance(eos_token_id, bool):
+        raise DataError(f"{where}.eos_token_id must be one int, got {eos_token_id!r}")
     return dict(pool="eot", eot_token_id=eos_token_id)
 
 
@@ -121,17 +164,22 @@ def load_clip(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[DualEncode
     Position-id buffers are ignored; any other unknown tensor is an error. ``dtype`` is the
     compute dtype; the parameters are float32 host arrays whatever the checkpoint's dtype
     (float32, float16 or bfloat16).
+
+    Raises:
+      MissingDataError: no directory, ``config.json``, weights or listed shard.
+      DataError: naming the file: a malformed ``config.json`` (not JSON, not ``model_type``
+        "clip", values transformers refuses or this loader cannot use), a malformed index, a
+        truncated or corrupt safetensors file, or missing, unknown or misshapen tensors.
     """
     from transformers import CLIPConfig
 
     path = pathlib.Path(path)
     files = weight_files(path)
-    read_config(path, ("clip",))
-    config = CLIPConfig.from_json_file(str(path / "config.json"))
-    vision, text = config.vision_config, config.text_config
-    for name in ("image_size", "patch_size"):
-        if not isinstance(getattr(vision, name), int):
-            raise ValueError(f"vision_config.{name} must be an int, got {getattr(vision, name)!r}")
+    config = hf_config(CLIPConfig, path, "clip")
+    vision, text, file = config.vision_config, config.text_config, path / "config.json"
+    check_dims(f"{file}: vision_config.", vision, CLIP_VISION_DIMS)
+    check_dims(f"{file}: text_config.", text, TEXT_DIMS)
+    check_dims(f"{file}: ", config, ("projection_dim",))
     tensors = clip_tensors(vision, text, config.projection_dim)
     arrays = read_tensors(path, files, tensors, ignore=lambda k: k in CLIP_BUFFERS)
     image_tower = ViT(
@@ -144,7 +192,7 @@ def load_clip(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[DualEncode
         posemb="learn",
         ln_pre=True,
         patch_bias=False,
-        act=our_act(vision.hidden_act, "vision_config"),
+        act=our_act(vision.hidden_act, f"{file}: vision_config"),
         ln_eps=vision.layer_norm_eps,
         dtype=dtype,
     )
@@ -157,10 +205,10 @@ def load_clip(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[DualEncode
         max_len=text.max_position_embeddings,
         causal=True,
         pre_norm=True,
-        act=our_act(text.hidden_act, "text_config"),
+        act=our_act(text.hidden_act, f"{file}: text_config"),
         ln_eps=text.layer_norm_eps,
         dtype=dtype,
-        **clip_text_pool(text.eos_token_id),
+        **clip_text_pool(text.eos_token_id, f"{file}: text_config"),
     )
     model = DualEncoder(
         image_tower,
@@ -279,22 +327,26 @@ def load_bert(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[TextTransf
     without BERT's pooler). Keys may carry the ``bert.`` prefix; the pooler (``pooler.*``) and
     the pretraining heads (``cls.*``) are ignored, as are the position / token-type buffers;
     any other unknown tensor is an error.
+
+    Raises:
+      MissingDataError: no directory, ``config.json``, weights or listed shard.
+      DataError: naming the file: a malformed ``config.json`` (not JSON, not ``model_type``
+        "bert", values transformers refuses or this loader cannot use), a malformed index, a
+        truncated or corrupt safetensors file, or missing, unknown or misshapen tensors.
     """
     from transformers import BertConfig
 
     path = pathlib.Path(path)
     files = weight_files(path)
-    read_config(path, ("bert",))
-    config = BertConfig.from_json_file(str(path / "config.json"))
+    config, file = hf_config(BertConfig, path, "bert"), path / "config.json"
+    check_dims(f"{file}: ", config, TEXT_DIMS)
+    check_dims(f"{file}: ", config, ("type_vocab_size",), minimum=0)
     if config.is_decoder or config.add_cross_attention:
-        raise ValueError(f"{path}: a decoder BERT (is_decoder, add_cross_attention) is not loaded")
+        raise DataError(f"{file}: a decoder BERT (is_decoder, add_cross_attention) is not loaded")
     posemb = getattr(config, "position_embedding_type", "absolute")
     if posemb != "absolute":
-        raise ValueError(f"{path}: position_embedding_type {posemb!r} is not supported")
-    keys: set[str] = set()
-    for file in files:
-        with safetensors.safe_open(file, framework="np") as f:
-            keys.update(f.keys())
+        raise DataError(f"{file}: position_embedding_type {posemb!r} is not supported")
+    keys = tensor_shapes(files)
     prefix = "bert." if any(k.startswith("bert.") for k in keys) else ""
 
     def ignore(key: str) -> bool:
@@ -316,7 +368,7 @@ def load_bert(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[TextTransf
         pre_norm=False,
         pool="first",
         type_vocab_size=config.type_vocab_size,
-        act=our_act(config.hidden_act, "config"),
+        act=our_act(config.hidden_act, f"{file}: config"),
         ln_eps=config.layer_norm_eps,
         dtype=dtype,
     )
@@ -329,12 +381,45 @@ def load_bert(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[TextTransf
 
 
 def load_tokenizer(path: PathLike) -> PreTrainedTokenizerBase:
-    """A local Hugging Face tokenizer directory -> ``transformers`` tokenizer (never the hub)."""
+    """A local Hugging Face tokenizer directory -> ``transformers`` tokenizer (never the hub).
+
+    Raises:
+      MissingDataError: no directory, or no tokenizer files in it.
+      DataError: a tokenizer file transformers cannot load, named with the reason (a JSON file
+        that is not a JSON object, a ``tokenizer.json`` the tokenizers library refuses), or
+        the directory when no one file is to blame.
+    """
     from transformers import AutoTokenizer
 
     path = pathlib.Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+        raise MissingDataError(f"tokenizer directory {path} does not exist")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(f"no tokenizer files in {path}; expected one of {TOKENIZER_FILES}")
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        raise MissingDataError(f"no tokenizer files in {path}; expected one of {TOKENIZER_FILES}")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except ImportError:
+        raise
+    except Exception as error:  # transformers and tokenizers raise many types, even Exception
+        raise tokenizer_error(path, error) from None
+
+
+def tokenizer_error(path: pathlib.Path, error: Exception) -> DataError:
+    """Why the tokenizer in ``path`` did not load, naming the file at fault where one is."""
+    from tokenizers import Tokenizer
+
+    for name in TOKENIZER_JSON:
+        if (path / name).exists():
+            try:
+                read_json_object(path / name)
+            except DataError as bad:  # names the file
+                return bad
+    if (path / "tokenizer.json").is_file():
+        try:
+            Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as reason:  # the tokenizers library raises plain Exception
+            return DataError(f"{path / 'tokenizer.json'}: not a tokenizers file ({reason})")
+    reason = " ".join(str(error).split())
+    return DataError(
+        f"{path}: transformers cannot load this tokenizer ({type(error).__name__}: {reason})"
+    )

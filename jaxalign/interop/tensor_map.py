@@ -4,21 +4,24 @@ A loader lists one ``Tensor`` per checkpoint key (its parameter path in our tree
 shape and how its layout changes); this module checks a directory's safetensors files against
 that list before anything is read (every error names the key, the file and both shapes), reads
 them (float32; bfloat16 widened), and assembles or splits our ``{"params": ...}`` tree.
-Pickle checkpoints are refused.
+Pickle checkpoints are refused. A missing file is a ``MissingDataError``; a malformed one
+(JSON, index, truncated or corrupt safetensors) a ``DataError`` whose message starts with its path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import pathlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 import safetensors
+
+from jaxalign.errors import DataError, MissingDataError, read_json_object
 
 Variables = dict[str, Any]
 
@@ -78,45 +81,89 @@ def to_hf(t: Tensor, x: np.ndarray) -> np.ndarray:
     return np.array(x, order="C")  # (ascontiguousarray would make a scalar 1-D)
 
 
+@contextlib.contextmanager
+def open_safetensors(file: pathlib.Path, framework: str = "np") -> Iterator[Any]:
+    """``safetensors.safe_open(file)``, reads inside the block included.
+
+    Raises:
+      DataError: ``file`` cannot be read, or is not a safetensors file (truncated or corrupt).
+    """
+    try:
+        with safetensors.safe_open(file, framework=framework) as f:
+            yield f
+    except safetensors.SafetensorError as error:
+        raise DataError(
+            f"{file}: not a readable safetensors file (truncated or corrupt: {error})"
+        ) from None
+    except OSError as error:
+        raise DataError(f"{file}: cannot be read ({error.strerror or error})") from None
+
+
 def weight_files(path: pathlib.Path) -> list[pathlib.Path]:
     """The safetensors files of a checkpoint directory (one, or the shards of an index).
 
-    Raises FileNotFoundError for a missing directory or shard, ValueError for a directory that
-    holds only pickle checkpoints.
+    Raises:
+      MissingDataError: no directory, no weights in it, or a shard the index lists is absent.
+      DataError: a malformed index, or a directory that holds only pickle checkpoints.
     """
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        raise MissingDataError(f"checkpoint directory {path} does not exist")
     index = path / SAFETENSORS_INDEX
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [path / name for name in shards]
+        weight_map = read_json_object(index).get("weight_map")
+        if (
+            not weight_map
+            or not isinstance(weight_map, dict)
+            or not all(isinstance(name, str) for name in weight_map.values())
+        ):
+            raise DataError(f'{index}: no "weight_map" of tensor names to shard files')
+        files = [path / name for name in sorted(set(weight_map.values()))]
         for f in files:
             if not f.is_file():
-                raise FileNotFoundError(f"shard {f} listed in {index} does not exist")
+                raise MissingDataError(f"shard {f} listed in {index} does not exist")
         return files
     if (path / SAFETENSORS).is_file():
         return [path / SAFETENSORS]
     pickles = sorted(p.name for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
     if pickles:
-        raise ValueError(
+        raise DataError(
             f"{path} holds only pickle checkpoints ({', '.join(pickles)}): pickle checkpoints are "
             f"not loaded (they can run arbitrary code). Convert them to safetensors, e.g. "
             f"`model.save_pretrained(dir)` with transformers, which writes {SAFETENSORS}"
         )
-    raise FileNotFoundError(f"no {SAFETENSORS} or {SAFETENSORS_INDEX} in {path}")
+    raise MissingDataError(f"no {SAFETENSORS} or {SAFETENSORS_INDEX} in {path}")
 
 
 def read_config(path: pathlib.Path, model_types: Iterable[str]) -> dict[str, Any]:
-    """``config.json`` of ``path`` as a dict; its ``model_type`` must be one of ``model_types``."""
+    """``config.json`` of ``path`` as a dict; its ``model_type`` must be one of ``model_types``.
+
+    Raises:
+      MissingDataError: no ``config.json``.
+      DataError: naming the file: unreadable, not a JSON object, or another ``model_type``.
+    """
     file = path / "config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file} does not exist (a Hugging Face checkpoint needs it)")
-    config = json.loads(file.read_text())
+    if not file.exists():
+        raise MissingDataError(f"{file} does not exist (a Hugging Face checkpoint needs it)")
+    config = read_json_object(file)
     if config.get("model_type") not in model_types:
-        raise ValueError(
+        raise DataError(
             f"{file}: model_type {config.get('model_type')!r} is not one of {sorted(model_types)}"
         )
     return config
+
+
+def tensor_shapes(files: list[pathlib.Path]) -> dict[str, tuple[pathlib.Path, tuple[int, ...]]]:
+    """Every tensor key of ``files`` -> (its file, its shape), from the headers alone.
+
+    Raises:
+      DataError: a file that is not readable safetensors.
+    """
+    found: dict[str, tuple[pathlib.Path, tuple[int, ...]]] = {}
+    for file in files:
+        with open_safetensors(file) as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                found[key] = (file, tuple(f.get_slice(key).get_shape()))
+    return found
 
 
 def read_tensors(
@@ -129,22 +176,22 @@ def read_tensors(
     """Checks every ``expected`` key exists in ``files`` with its shape, then reads them;
     returns key -> array. Keys for which ``ignore(key)`` is true are skipped; any other key not
     expected is an error.
+
+    Raises:
+      DataError: a missing, unknown or misshapen tensor (naming the key, the file and the
+        shapes), or a file that is not readable safetensors.
     """
-    found: dict[str, tuple[pathlib.Path, tuple[int, ...]]] = {}
-    for file in files:
-        with safetensors.safe_open(file, framework="np") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
-                found[key] = (file, tuple(f.get_slice(key).get_shape()))
+    found = tensor_shapes(files)
     want = {t.key: t for t in expected}
     missing = [k for k in want if k not in found]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"checkpoint {path} lacks {len(missing)} tensor(s) its config.json implies: "
             f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
         )
     unknown = sorted(k for k in found if k not in want and not ignore(k))
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"checkpoint {path} has {len(unknown)} tensor(s) this loader does not know: "
             f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''} "
             f"(in {found[unknown[0]][0].name})"
@@ -152,18 +199,18 @@ def read_tensors(
     for key, t in want.items():
         file, shape = found[key]
         if shape != t.shape:
-            raise ValueError(
+            raise DataError(
                 f"checkpoint tensor {key} in {file}: expected shape {list(t.shape)} from "
                 f"config.json, found {list(shape)}"
             )
     arrays: dict[str, np.ndarray] = {}
     for file in files:
         keys = [k for k, (f, _) in found.items() if f == file and k in want]
-        with safetensors.safe_open(file, framework="np") as f:
+        with open_safetensors(file) as f:
             bf16 = {k for k in keys if f.get_slice(k).get_dtype() == "BF16"}
             arrays.update({k: f.get_tensor(k) for k in keys if k not in bf16})
         if bf16:  # numpy has no bfloat16: read those through jax, then widen
-            with safetensors.safe_open(file, framework="flax") as f:
+            with open_safetensors(file, "flax") as f:
                 arrays.update({k: np.asarray(f.get_tensor(k), np.float32) for k in bf16})
     return arrays
 

@@ -64,6 +64,7 @@ class ClassifyData(Group):
     augment: bool
     worker_count: Count
     prefetch: Count
+    max_skipped_in_a_row: PositiveInt
 
     def rules(self) -> list[str]:
         return images.dataset_problems(self)
@@ -170,6 +171,7 @@ class ClassifyTask(Task):
             transform=self.transform(train=True),
             worker_count=data.worker_count,
             prefetch=data.prefetch,
+            max_skipped_in_a_row=data.max_skipped_in_a_row,
         )
 
     # --- model ----------------------------------------------------------------------------------
@@ -244,6 +246,7 @@ class ClassifyTask(Task):
             num_epochs=1,
             drop_remainder=False,
             prefetch=0,
+            max_skipped_in_a_row=self.config.data.max_skipped_in_a_row,
         )
         return evals.embed_dataset(
             self._predict_fn,

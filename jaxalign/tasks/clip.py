@@ -66,6 +66,7 @@ class ClipData(Group):
     tokenizer: str
     worker_count: Count
     prefetch: Count
+    max_skipped_in_a_row: PositiveInt
 
     def rules(self) -> list[str]:
         problems = images.dataset_problems(self)
@@ -252,6 +253,7 @@ class ClipTask(Task):
             transform=self.transform(train=True),
             worker_count=data.worker_count,
             prefetch=data.prefetch,
+            max_skipped_in_a_row=data.max_skipped_in_a_row,
         )
 
     # --- model ----------------------------------------------------------------------------------
@@ -365,6 +367,7 @@ class ClipTask(Task):
             num_epochs=1,
             drop_remainder=False,
             prefetch=0,
+            max_skipped_in_a_row=self.config.data.max_skipped_in_a_row,
         )
         return evals.embed_dataset(
             self._embed_fn,

@@ -17,11 +17,11 @@ import os
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-import jax
 import jax.numpy as jnp
 
 from jaxalign import models
 from jaxalign.models.layers import REMAT_POLICIES
+from jaxalign.parallel.multihost import on_every_process
 from jaxalign.schema import ConfigError, Group, MissingDataError, ModuleFields
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -104,19 +104,6 @@ def check_dataset_on_disk(data: Any) -> None:
             f"config.data.name={data.name!r}: no TFDS dataset at {path!r} "
             f"(config.data.data_dir={data.data_dir!r})"
         )
-
-
-def on_every_process(build: Callable[[], None]) -> None:
-    """Runs ``build`` on process 0, then, after all processes meet, on the others: they find
-    what process 0 built (a shared disk) or build their own copy (a local one)."""
-    if jax.process_index() == 0:
-        build()
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("jaxalign: data prepared")
-        if jax.process_index() > 0:
-            build()
 
 
 class ImageDataset:

@@ -15,36 +15,83 @@ process killed mid-save leaves no step directory behind: ``latest_step`` and ``r
 ever see complete checkpoints. ``restore_part`` reads only some subtrees of the state (the
 parameters of a run to transfer or evaluate, never its optimizer moments), and
 ``state_metadata`` the saved shapes without any array.
+
+What can still go wrong, and what happens:
+
+- a checkpoint damaged after it was written (a truncated or deleted file): ``restore`` tries the
+  checkpoints newest first and takes the first that reads; the newer, unreadable ones are moved
+  to ``workdir/corrupt_checkpoints/`` (never deleted) and named in the returned notes. When none
+  reads, nothing is moved and a ``DataError`` names each checkpoint and its error;
+- a background save that fails (a full disk): ``check_saves`` (called at every step) reports it
+  in one line as soon as the write ends, and removes the partial write; orbax's own multi-line
+  error logs are left out (``_QuietOrbaxErrors``).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import shutil
+import sys
+import time
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxalign.schema import ConfigError
+from jaxalign.errors import ConfigError, DataError
+from jaxalign.parallel.multihost import gather_json
 
 STATE, DATA = "state", "data"
+CORRUPT_DIRNAME = "corrupt_checkpoints"
 
 
-def _gather_json(value: Any) -> list[Any]:
-    """Every process's ``value`` (JSON-serialisable), in process order."""
-    if jax.process_count() == 1:
-        return [value]
-    from jax.experimental import multihost_utils
+def _short(error: BaseException, limit: int = 320) -> str:
+    """An exception as one line: its type and its first line, the middle cut when long (the
+    start says what failed, the end usually why: "No space left on device")."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    for noise in ("[tensorstore_spec", "[source locations", "See full TensorStore details"):
+        text = text.split(noise)[0].rstrip()  # tensorstore's JSON spec and C++ source lines
+    if len(text) > limit:
+        text = text[: limit // 3] + " ... " + text[-(2 * limit) // 3 :]
+    return f"{type(error).__name__}: {text}"
 
-    text = np.frombuffer(json.dumps(value).encode(), np.uint8)
-    lengths = multihost_utils.process_allgather(np.int32(text.size))
-    padded = np.zeros(int(np.max(lengths)), np.uint8)
-    padded[: text.size] = text
-    rows = multihost_utils.process_allgather(padded[None], tiled=True)
-    return [json.loads(row[:n].tobytes()) for row, n in zip(rows, lengths, strict=True)]
+
+class _QuietOrbaxErrors(logging.Filter):
+    """Drops orbax's error logs of a failed save, each with a traceback (on the ``absl`` logger,
+    prefixed ``[process=N]``; on ``asyncio``, its write futures' "Future exception was never
+    retrieved"): the ``Checkpointer`` reports the same failure in one line itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        first = str(record.msg).split("\n", 1)[0]
+        return not (first.startswith("[process=") or "exception was never retrieved" in first)
+
+
+def _quiet_orbax_errors() -> None:
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietOrbaxErrors) for f in logger.filters):
+            logger.addFilter(_QuietOrbaxErrors())
+    if not getattr(sys.unraisablehook, "jaxalign_quiet", False):
+        sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+
+
+def _quiet_closed_loop(previous: Any) -> Any:
+    """An unraisable-exception hook that drops "Event loop is closed" (raised in tensorstore's
+    callbacks into orbax's event loop after a failed save closed it) and passes on the rest."""
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.jaxalign_quiet = True  # type: ignore[attr-defined]
+    return hook
 
 
 class Checkpointer:
@@ -74,6 +121,11 @@ class Checkpointer:
             cleanup_tmp_directories=not read_only,  # what a killed save left behind
             enable_async_checkpointing=asynchronous,
         )
+        _quiet_orbax_errors()
+        self._read_only = read_only
+        self._saving: int | None = None  # the step of a save not yet known to have ended
+        self._failures: list[str] = []  # failed saves not yet reported by check_saves
+        self.failed_in_a_row = 0  # saves that failed since the last one that succeeded
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(STATE, DATA)
         )
@@ -90,18 +142,24 @@ class Checkpointer:
         """
         if step in self._manager.all_steps():
             return False
-        data = {f"process_{i}": s for i, s in enumerate(_gather_json(data_state))}
-        return self._manager.save(
+        data = {f"process_{i}": s for i, s in enumerate(gather_json(data_state))}
+        self._note(self.wait())  # one save at a time: the previous one's outcome known first
+        saved = self._manager.save(
             step,
             args=ocp.args.Composite(
                 **{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data)}
             ),
             force=True,
         )
+        self._saving = step if saved else None
+        return saved
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, Any, int]:
-        """``(state, this process's data-iterator state, step)`` of checkpoint ``step`` (the
-        newest by default).
+    def restore(
+        self, abstract_state: Any, step: int | None = None
+    ) -> tuple[Any, Any, int, list[str]]:
+        """``(state, this process's data-iterator state, step, notes)`` of checkpoint ``step``,
+        by default of the newest checkpoint that reads (see the module docstring); ``notes``
+        name each newer checkpoint that did not read, why, and where it was moved.
 
         ``abstract_state``: ``jax.ShapeDtypeStruct``s with shardings (``jax.eval_shape`` of the
         state's init, with the state shardings), so arrays land sharded on the current mesh.
@@ -109,22 +167,66 @@ class Checkpointer:
         Raises:
           FileNotFoundError: no complete checkpoint in the directory (or no ``step``).
           ConfigError: the checkpoint was written by a different number of processes.
+          DataError: no checkpoint reads (each is named with its error; none is moved).
         """
-        step = self._step(step)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}
-            ),
+        steps = [self._step(step)] if step is not None else sorted(self.all_steps(), reverse=True)
+        if not steps:
+            self._step(None)  # raises, naming the directory
+        failures: list[tuple[int, str]] = []
+        for candidate in steps:
+            try:
+                restored = self._manager.restore(
+                    candidate,
+                    args=ocp.args.Composite(
+                        **{
+                            STATE: ocp.args.StandardRestore(abstract_state),
+                            DATA: ocp.args.JsonRestore(),
+                        }
+                    ),
+                )
+            except Exception as error:  # a damaged checkpoint: try the one before
+                failures.append((candidate, _short(error)))
+                continue
+            data = restored[DATA]
+            key = f"process_{jax.process_index()}"
+            if not isinstance(data, dict) or len(data) != jax.process_count() or key not in data:
+                count = len(data) if isinstance(data, dict) else "no"
+                raise ConfigError(
+                    f"checkpoint {candidate} in {self.directory!r} holds the data positions of "
+                    f"{count} processes; this run has {jax.process_count()}"
+                )
+            return restored[STATE], data[key], candidate, self._set_aside(failures)
+        raise DataError(
+            f"no checkpoint in {self.directory!r} can be read: "
+            + "; ".join(f"step {s}: {why}" for s, why in failures)
         )
-        data = restored[DATA]
-        key = f"process_{jax.process_index()}"
-        if len(data) != jax.process_count() or key not in data:
-            raise ConfigError(
-                f"checkpoint {step} in {self.directory!r} holds the data positions of "
-                f"{len(data)} processes; this run has {jax.process_count()}"
-            )
-        return restored[STATE], data[key], step
+
+    def _set_aside(self, failures: list[tuple[int, str]]) -> list[str]:
+        """Moves unreadable checkpoints to ``corrupt_checkpoints/`` beside the directory (when
+        not read-only); one note per checkpoint."""
+        notes = []
+        parent = os.path.join(os.path.dirname(os.path.abspath(self.directory)), CORRUPT_DIRNAME)
+        for step, why in failures:
+            source = os.path.join(self.directory, str(step))
+            if self._read_only:
+                notes.append(f"checkpoint {source} skipped: it does not read ({why})")
+                continue
+            target = os.path.join(parent, f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+            if jax.process_index() == 0:
+                os.makedirs(parent, exist_ok=True)
+                shutil.move(source, target)
+            notes.append(f"checkpoint {source} does not read ({why}); moved to {target}")
+        if failures and not self._read_only:
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("jaxalign: corrupt checkpoints moved")
+            self._manager.reload()
+        return notes
+
+    def all_steps(self) -> list[int]:
+        """The steps of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
 
     def _step(self, step: int | None) -> int:
         step = self.latest_step() if step is None else step
@@ -145,17 +247,33 @@ class Checkpointer:
     def restore_part(self, abstract: dict[str, Any], step: int | None = None) -> tuple[Any, int]:
         """``(part, step)``: only the subtrees of the saved state that ``abstract`` names
         (e.g. ``{"params": ..., "model_state": ...}``, never the optimizer state), as
-        ``jax.ShapeDtypeStruct``s with shardings, restored into those shardings."""
-        step = self._step(step)
+        ``jax.ShapeDtypeStruct``s with shardings, restored into those shardings. Without
+        ``step``, from the newest checkpoint that reads (nothing is moved); DataError when none
+        does."""
+        steps = [self._step(step)] if step is not None else sorted(self.all_steps(), reverse=True)
+        if not steps:
+            self._step(None)  # raises, naming the directory
         checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-        part = checkpointer.restore(
-            epath.Path(self.directory) / str(step) / STATE,
-            args=ocp.args.PyTreeRestore(
-                item=abstract, restore_args=restore_args, partial_restore=True
-            ),
-        )
-        return part, step
+        failures = []
+        for candidate in steps:
+            try:
+                part = checkpointer.restore(
+                    epath.Path(self.directory) / str(candidate) / STATE,
+                    args=ocp.args.PyTreeRestore(
+                        item=abstract, restore_args=restore_args, partial_restore=True
+                    ),
+                )
+            except Exception as error:
+                if step is not None:
+                    raise DataError(
+                        f"checkpoint {candidate} in {self.directory!r} does not read: "
+                        f"{_short(error)}"
+                    ) from None
+                failures.append(f"step {candidate}: {_short(error)}")
+                continue
+            return part, candidate
+        raise DataError(f"no checkpoint in {self.directory!r} can be read: " + "; ".join(failures))
 
     def reached_preemption(self, step: int) -> bool:
         """Whether all processes agreed to stop at ``step`` after a preemption notice (jax's
@@ -163,9 +281,38 @@ class Checkpointer:
         process must call it at every step."""
         return self._manager.reached_preemption(step)
 
-    def wait(self) -> None:
-        """Blocks until the background writes are done."""
-        self._manager.wait_until_finished()
+    def check_saves(self, *, wait: bool = False) -> list[str]:
+        """One line per save found failed since the last call (a save still writing is waited
+        for only with ``wait``); ``failed_in_a_row`` counts them until a save succeeds. Cheap
+        without ``wait``: call it at every step."""
+        if self._saving is not None and (wait or not self._manager.is_saving_in_progress()):
+            self._note(self.wait())
+        failures, self._failures = self._failures, []
+        return failures
+
+    def _note(self, failure: str | None) -> None:
+        if failure:
+            self._failures.append(failure)
+
+    def wait(self) -> str | None:
+        """Blocks until the background write is done; returns one line about it if it failed
+        (its partial write removed), else None."""
+        step, self._saving = self._saving, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            self.failed_in_a_row += 1
+            if jax.process_index() == 0:
+                for name in os.listdir(self.directory):
+                    if name.startswith(f"{step}.") and "tmp" in name:
+                        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            self._manager.reload()
+            return f"checkpoint {step} could not be saved in {self.directory}: {_short(error)}"
+        if step is not None:
+            self.failed_in_a_row = 0
+        return None
 
     def close(self) -> None:
+        """Waits for the last save (a failure is kept for ``check_saves``) and closes."""
+        self._note(self.wait())
         self._manager.close()

@@ -1,8 +1,11 @@
 """Stopping on SIGTERM (preemption) or Ctrl-C at a step boundary, so the loop can save first.
 
 One process: ``StopSignal`` installs handlers for SIGTERM and SIGINT that only set a flag; the
-loop checks ``requested`` after each step, saves a checkpoint and stops. A second Ctrl-C raises
-``KeyboardInterrupt`` at once. The previous handlers come back on leaving the ``with`` block.
+loop checks ``requested`` after each step, and every fraction of a second while it waits for a
+batch, saves a checkpoint and stops. It is installed for the whole run, from set-up on, so a
+signal during compilation (where an exception would crash XLA) also only sets the flag, seen
+once compilation ends. A second Ctrl-C raises ``KeyboardInterrupt`` at once. The previous
+handlers come back on leaving the ``with`` block.
 
 Several processes must stop at the same step, or the save's collectives hang: there
 ``StopSignal`` installs nothing, and jax's own preemption notifier (set up for SIGTERM by

@@ -6,8 +6,9 @@ batch_sharding=...)`` returns ``step(state, batch) -> (state, metrics)``, compil
 model_state, batch, rng, step) -> (loss, grads, model_state, metrics)`` is the task's
 (``Task.loss_and_grad``); the step gives it ``rng = fold_in(key(seed), step)`` and ``step =
 state.step`` (the updates done before this one), never anything that depends on the device or
-the process. An update whose loss or gradients are not finite is skipped (parameters, model
-state, optimizer state and moving average kept) and counted; the loop stops the run after
+the process. An update whose loss, gradients or resulting parameters / model state are not
+finite is skipped (parameters, model state, optimizer state and moving average kept) and
+counted; the loop stops the run after
 ``max_nonfinite_in_a_row`` of them.
 """
 
@@ -49,12 +50,15 @@ def train_step(
     loss, grads, model_state, metrics = loss_and_grad(
         state.params, state.model_state, batch, rng, state.step
     )
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    grads_finite = jnp.isfinite(loss) & _all_finite(grads)
     # Zero non-finite gradients before the update so its arithmetic stays finite; the update is
     # then discarded by the select below.
-    safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+    safe_grads = jax.tree.map(lambda g: jnp.where(grads_finite, g, jnp.zeros_like(g)), grads)
     updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # An update that overflows the parameters (or the model state) is skipped too, so the
+    # state the loop saves and evaluates is always finite.
+    finite = grads_finite & _all_finite(params) & _all_finite(model_state)
 
     def keep_if_finite(new, old):
         return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

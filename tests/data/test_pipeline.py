@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from jaxalign.data import pipeline as P
 from jaxalign.data import transforms as T
 from jaxalign.data.sources import WebDatasetSource
+from jaxalign.errors import DataError
 from tests.data.test_sources import expected_skips, planted_shards, whitespace_tokenizer
 
 
@@ -110,6 +112,7 @@ def test_skip_counts_deterministic_and_in_state():
     assert again.skip_counts() == counts
     assert iterator.metrics() == {
         "data/batches": 5,
+        "data/examples": 40,
         "data/skipped": counts["planted"],
         "data/skipped/planted": counts["planted"],
     }
@@ -236,3 +239,56 @@ def test_to_global_array_shards_the_batch_over_data_and_fsdp():
     assert arrays["noise"].addressable_shards[0].data.shape == (2, 3)
     with pytest.raises(ValueError, match="batch shards"):
         P.to_global_array({"x": np.zeros((12, 2))}, mesh)
+
+
+class AllBad:
+    """Every record is flagged bad by the transform; ``__key__`` / ``__url__`` as a shard's."""
+
+    def __len__(self) -> int:
+        return 50
+
+    def __getitem__(self, index: int) -> dict:
+        return {"__key__": f"sample{index:03d}", "__url__": "/data/bad.tar", "value": index}
+
+    def __repr__(self) -> str:
+        return "AllBad('/data/bad.tar')"
+
+
+def _corrupt(record, key):
+    return T.Skip("corrupt_image")
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_data_that_is_all_bad_stops_in_a_fraction_of_a_second(prefetch):
+    pipeline = P.make_pipeline(
+        AllBad(),
+        seed=0,
+        global_batch_size=4,
+        transform=_corrupt,
+        process_index=0,
+        process_count=1,
+        prefetch=prefetch,
+        max_skipped_in_a_row=300,
+    )
+    iterator = iter(pipeline)
+    started = time.perf_counter()
+    with pytest.raises(P.TooManySkipped) as error:
+        next(iterator)
+    iterator.close()
+    assert time.perf_counter() - started < 10
+    message = str(error.value)
+    for part in ("300 examples in a row", "max_skipped_in_a_row=300", "AllBad('/data/bad.tar')"):
+        assert part in message, message
+    assert "corrupt_image 300" in message and "in /data/bad.tar" in message
+    assert isinstance(error.value, DataError)  # a user error: one line, exit status 2
+
+
+def test_skips_between_good_examples_do_not_count_as_in_a_row():
+    # Every 7th index is skipped (in shuffled order): never 3 in a row over these batches,
+    # though 18 in all, so a cap of 3 is never reached.
+    _, iterator = take(make(n=40, skip_every=7, max_skipped_in_a_row=3), count=12)
+    metrics = iterator.metrics()
+    assert metrics["data/examples"] == 12 * 8
+    assert metrics["data/skipped"] == metrics["data/skipped/planted"] > 0
+    with pytest.raises(ValueError, match="max_skipped_in_a_row=0"):
+        make(max_skipped_in_a_row=0)

@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402  (after the skips: the module needs the torch extra)
 import safetensors.numpy  # noqa: E402
 
+from jaxalign.errors import DataError, MissingDataError  # noqa: E402
 from jaxalign.interop import hf, tensor_map  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -266,13 +267,13 @@ def test_pickle_checkpoints_are_refused(tmp_path):
         hf.load_bert(tmp_path)
 
 
-def test_missing_paths_raise_file_not_found(clip_copy, tmp_path):
+def test_missing_paths_raise_missing_data_error(clip_copy, tmp_path):
     for load in (hf.load_clip, hf.load_bert, hf.load_tokenizer):
-        with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "absent"))):
+        with pytest.raises(MissingDataError, match=re.escape(str(tmp_path / "absent"))):
             load(tmp_path / "absent")
     path = clip_copy(tmp_path / "no_config")
     (path / "config.json").unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(str(path / "config.json"))):
+    with pytest.raises(MissingDataError, match=re.escape(str(path / "config.json"))):
         hf.load_clip(path)
 
 
@@ -281,10 +282,121 @@ def test_wrong_model_type_is_refused(clip_copy, tmp_path):
         hf.load_bert(clip_copy(tmp_path / "clip"))
 
 
+def _fails(load, path, error, file, *reasons):
+    """``load(path)`` raises ``error`` whose message starts with ``file`` and holds ``reasons``."""
+    with pytest.raises(error) as info:
+        load(path)
+    message = str(info.value)
+    assert message.startswith(f"{file}") and all(r in message for r in reasons), message
+    assert "\n" not in message, message
+
+
+# None: the saved config.json cut in half
+BAD_JSON = {"bad": '{"model_type": "clip",', "empty": "", "list": "[1, 2]", "truncated": None}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_JSON))
+@pytest.mark.parametrize("load", [hf.load_clip, hf.load_bert])
+def test_malformed_config_json_is_a_data_error(load, case, clip_copy, tmp_path):
+    path = clip_copy(tmp_path / "ckpt")
+    text = (path / "config.json").read_text()
+    (path / "config.json").write_text(
+        text[: len(text) // 2] if case == "truncated" else BAD_JSON[case]
+    )
+    reason = "expected a JSON object" if case == "list" else "not valid JSON"
+    _fails(load, path, DataError, path / "config.json", reason)
+
+
+# config.json values the loaders cannot use: (loader, JSON, words the message must hold); JSON
+# without a model_type is merged into the saved CLIP config.
+BAD_CONFIGS = {
+    "no_model_type": (hf.load_clip, {}, ["model_type None"]),
+    "clip_null_image_size": (
+        hf.load_clip,
+        {"model_type": "clip", "vision_config": {"image_size": None}},
+        ["vision_config.image_size", "None"],
+    ),
+    "clip_vision_config_str": (
+        hf.load_clip,
+        {"model_type": "clip", "vision_config": "x"},
+        ["vision_config"],
+    ),
+    "clip_bad_act": (
+        hf.load_clip,
+        {"text_config": {"hidden_act": "swish"}},
+        ["hidden_act 'swish'"],
+    ),
+    "bert_null_layers": (
+        hf.load_bert,
+        {"model_type": "bert", "num_hidden_layers": None},
+        ["num_hidden_layers"],
+    ),
+    "bert_str_width": (hf.load_bert, {"model_type": "bert", "hidden_size": "big"}, ["hidden_size"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_unusable_config_values_are_data_errors(case, clip_copy, tmp_path):
+    load, values, reasons = BAD_CONFIGS[case]
+    path = clip_copy(tmp_path / "ckpt")
+    if values and "model_type" not in values:
+        saved = json.loads((path / "config.json").read_text())
+        values = {**saved, "text_config": {**saved["text_config"], **values["text_config"]}}
+    (path / "config.json").write_text(json.dumps(values))
+    _fails(load, path, DataError, path / "config.json", *reasons)
+
+
+def _corrupt(file, how):
+    data = file.read_bytes()
+    file.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00garbage" * 9}[how])
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+def test_corrupt_safetensors_is_a_data_error(how, clip_copy, tmp_path):
+    path = clip_copy(tmp_path / "clip")
+    _corrupt(path / tensor_map.SAFETENSORS, how)
+    reason = "not a readable safetensors file (truncated or corrupt: "
+    _fails(hf.load_clip, path, DataError, path / tensor_map.SAFETENSORS, reason)
+    bert = tmp_path / "bert"  # a BERT config.json, and weights to corrupt
+    bert.mkdir()
+    _bert_config().to_json_file(bert / "config.json")
+    safetensors.numpy.save_file({"x": np.zeros((64, 64), np.float32)}, bert / "model.safetensors")
+    _corrupt(bert / tensor_map.SAFETENSORS, how)
+    _fails(hf.load_bert, bert, DataError, bert / tensor_map.SAFETENSORS, reason)
+
+
+@pytest.fixture(scope="module")
+def sharded_copy(tmp_path_factory):
+    """A factory: a fresh copy of a small CLIP checkpoint in several shards."""
+    source = tmp_path_factory.mktemp("clip_sharded")
+    _clip(EOS).save_pretrained(source, max_shard_size="50KB")
+    return lambda dest: shutil.copytree(source, dest)
+
+
+def test_sharded_checkpoint_problems_name_the_file(sharded_copy, tmp_path):
+    path = sharded_copy(tmp_path / "bad_index")
+    index = path / tensor_map.SAFETENSORS_INDEX
+    values = json.loads(index.read_text())
+    index.write_text(index.read_text()[:40])
+    _fails(hf.load_clip, path, DataError, index, "not valid JSON")
+    index.write_text(json.dumps({"metadata": {}}))
+    _fails(hf.load_clip, path, DataError, index, "weight_map")
+    index.write_text(json.dumps({"weight_map": {"a": 3}}))
+    _fails(hf.load_clip, path, DataError, index, "weight_map")
+    shard = path / sorted(set(values["weight_map"].values()))[-1]
+    index.write_text(json.dumps(values))
+    shard.unlink()
+    _fails(hf.load_clip, path, MissingDataError, f"shard {shard}", f"listed in {index}")
+    path = sharded_copy(tmp_path / "bad_shard")
+    _corrupt(shard := path / shard.name, "truncated")
+    _fails(hf.load_clip, path, DataError, shard, "not a readable safetensors file")
+
+
 # --- tokenizers --------------------------------------------------------------------------------
 
 
-def test_load_tokenizer_round_trips(tmp_path):
+def _save_tokenizer(path):
+    """A small word-level fast tokenizer saved to ``path``; returns it."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
@@ -294,12 +406,39 @@ def test_load_tokenizer_round_trips(tmp_path):
     fast = transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]"
     )
-    fast.save_pretrained(tmp_path)
+    fast.save_pretrained(path)
+    return fast
+
+
+def test_load_tokenizer_round_trips(tmp_path):
+    fast = _save_tokenizer(tmp_path)
     loaded = hf.load_tokenizer(tmp_path)
     batch = loaded(["a photo of a cat", "a zebra"], padding=True)
     assert batch["input_ids"] == fast(["a photo of a cat", "a zebra"], padding=True)["input_ids"]
     assert batch["input_ids"][1][1] == loaded.unk_token_id
     assert batch["attention_mask"][1] == [1, 1, 0, 0, 0]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+    with pytest.raises(MissingDataError, match="no tokenizer files"):
         hf.load_tokenizer(tmp_path / "empty")
+
+
+# (file, contents, words the message must hold); None: the saved file cut in half
+BAD_TOKENIZERS = {
+    "truncated": ("tokenizer.json", None, ["not valid JSON"]),
+    "empty": ("tokenizer.json", "", ["not valid JSON"]),
+    "list": ("tokenizer.json", "[1]", ["expected a JSON object"]),
+    "no_model": ("tokenizer.json", "{}", ["not a tokenizers file", "Model missing"]),
+    "config_bad_json": ("tokenizer_config.json", "{bad", ["not valid JSON"]),
+    "config_list": ("tokenizer_config.json", "[]", ["expected a JSON object"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENIZERS))
+def test_malformed_tokenizer_files_are_data_errors(case, tmp_path):
+    name, contents, reasons = BAD_TOKENIZERS[case]
+    _save_tokenizer(tmp_path)
+    file = tmp_path / name
+    if contents is None:
+        contents = file.read_text()[: len(file.read_text()) // 2]
+    file.write_text(contents)
+    _fails(hf.load_tokenizer, tmp_path, DataError, file, *reasons)

@@ -187,6 +187,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             checkpoint_every=3,
             keep_checkpoints=2,
             eval_every=5,
+            max_failed_saves=3,
         )
     )
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -8,6 +8,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxalign import config as config_lib
@@ -15,7 +16,7 @@ from jaxalign.parallel import batch_sharding, make_mesh
 from jaxalign.parallel.sharding import activation_context, sharded_init
 from jaxalign.tasks import ParamGroup, get_task
 from jaxalign.train_lib import TrainState, decay_mask, make_optimizer, make_train_step
-from jaxalign.train_lib.step import step_rng
+from jaxalign.train_lib.step import step_rng, train_step
 
 BATCH = 16
 CLIP = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "clip.py")
@@ -248,3 +249,18 @@ def test_frozen_gradients_stay_out_of_the_clipping_norm():
         trained_alone = {"trained": trained_alone["trained"] + updates["trained"]}
     np.testing.assert_array_equal(trained["frozen"], params["frozen"])
     np.testing.assert_allclose(trained["trained"], trained_alone["trained"], rtol=1e-6)
+
+
+def test_an_update_that_overflows_the_parameters_is_skipped():
+    # Finite loss and gradients, but the update takes a parameter past float32's range.
+    def loss_and_grad(params, model_state, batch, rng, step):
+        grads = {"w": jnp.full((2,), -3e38, jnp.float32) * batch["x"].mean()}
+        return jnp.float32(1.0), grads, model_state, {}
+
+    tx = optax.sgd(1.0)
+    params = {"w": jnp.full((2,), 3e38, jnp.float32)}
+    state = TrainState.create({"params": params}, tx)
+    new, metrics = train_step(loss_and_grad, tx, state, {"x": jnp.ones((4,))}, seed=0)
+    assert np.isfinite(float(metrics["loss"]))  # and the gradients are finite by construction
+    assert int(metrics["skipped"]) == 1 and int(new.nonfinite_in_a_row) == 1
+    np.testing.assert_array_equal(new.params["w"], params["w"])

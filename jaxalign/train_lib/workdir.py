@@ -1,0 +1,135 @@
+"""A run's work directory: checked before anything is written, marked as a run, locked while used.
+
+``open_workdir(path)`` is the first thing a training run does. It refuses (``WorkdirError``,
+naming the directory):
+
+- an empty path (an unset shell variable: never the current directory by accident);
+- a path that is a file, or a directory that cannot be written;
+- a directory that is neither empty nor a jaxalign run (it holds no ``jaxalign-run.json``
+  marker): a run never writes over files it did not create;
+- a directory another live process is training in.
+
+The lock is an exclusive ``fcntl.flock`` on ``jaxalign-run.lock``, held until ``close``; the
+kernel drops it when its process dies in any way (SIGKILL included), so a dead run's lock is
+never stale. The file records the holder's host, pid and start time for the message a second run
+gets. ``flock`` works on local disks and most network file systems; with several processes of
+one run, only process 0 takes it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import socket
+from typing import IO
+
+from jaxalign import __version__
+from jaxalign.errors import WorkdirError
+
+MARKER = "jaxalign-run.json"
+LOCK = "jaxalign-run.lock"
+
+
+def _check_path(path: str) -> str:
+    """The absolute path of a usable work directory (created if absent), or WorkdirError."""
+    if not path or not path.strip():
+        raise WorkdirError(
+            "--workdir is empty (an unset shell variable?); give the run's directory"
+        )
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise WorkdirError(f"--workdir={path}: is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise WorkdirError(f"--workdir={path}: cannot create it ({error.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise WorkdirError(f"--workdir={path}: not writable; choose a directory you can write")
+    return path
+
+
+def _mark(path: str) -> None:
+    """Claims an empty directory as a run, or checks that a non-empty one is one."""
+    marker = os.path.join(path, MARKER)
+    if os.path.isfile(marker):
+        return
+    present = sorted(os.listdir(path))
+    if present:
+        shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+        raise WorkdirError(
+            f"--workdir={path}: holds files that are not a jaxalign run ({shown}; no {MARKER}); "
+            "give an empty or new directory"
+        )
+    record = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "jaxalign": __version__,
+    }
+    with open(marker + ".tmp", "w") as f:
+        json.dump(record, f)
+        f.write("\n")
+    os.replace(marker + ".tmp", marker)
+
+
+class Workdir:
+    """An opened work directory (``open_workdir``); ``close()`` releases its lock."""
+
+    def __init__(self, path: str, lock_file: IO[str] | None):
+        self.path = path
+        self._lock_file = lock_file
+
+    def close(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> Workdir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _lock(path: str) -> IO[str]:
+    """Takes the directory's lock or raises WorkdirError naming the live holder."""
+    lock_path = os.path.join(path, LOCK)
+    f = open(lock_path, "a+")  # noqa: SIM115 (held open for the run's life)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise WorkdirError(
+            f"--workdir={path}: another run is training there ({holder}); wait for it, stop "
+            "it, or give another directory"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+    f.flush()
+    return f
+
+
+def open_workdir(path: str | os.PathLike, *, lead: bool = True) -> Workdir:
+    """Checks, marks and locks the work directory ``path`` (see the module docstring).
+
+    Args:
+      path: the run's directory; created when absent.
+      lead: this process marks and locks it (process 0 of a run); the others only check it.
+
+    Raises:
+      WorkdirError: the path is empty, a file, not writable, a directory of other files, or
+        locked by a live run.
+    """
+    path = _check_path(os.fspath(path))
+    if not lead:
+        return Workdir(path, None)
+    lock_file = _lock(path) if os.path.isfile(os.path.join(path, MARKER)) else None
+    if lock_file is None:  # an empty directory: mark it, then lock it
+        _mark(path)
+        lock_file = _lock(path)
+    return Workdir(path, lock_file)
