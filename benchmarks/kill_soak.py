@@ -106,6 +106,22 @@ def _run_to_the_end(command: list[str]) -> int:
     raise RuntimeError(f"{command} did not finish in 3 attempts")
 
 
+def _table(trials: list[dict]) -> str:
+    """The trials as a Markdown table."""
+    lines = [
+        "| trial | kill | steps logged at kill | kill hit | runs to finish | each step once "
+        "| losses bit-equal |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in trials:
+        lines.append(
+            f"| {t['trial']} | {t['mode']} after step {t['after_step']} | "
+            f"{t['steps_logged_at_kill']} | {t['kill_hit']} | {t['restarts']} | "
+            f"{t['each_step_once']} | {t['losses_bit_equal']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
@@ -160,16 +176,7 @@ def main() -> None:
     with open(os.path.join(args.out, "soak.json"), "w") as f:
         json.dump({"reference_wall_s": round(wall, 1), "trials": trials}, f, indent=2)
     print(f"\nreference run: {args.steps} steps in {wall:.1f} s\n")
-    print(
-        "| trial | kill after (s) | steps logged at kill | kill hit | each step once | "
-        "losses bit-equal |"
-    )
-    print("|---|---|---|---|---|---|")
-    for t in trials:
-        print(
-            f"| {t['trial']} | {t['kill_after_s']} | {t['steps_logged_at_kill']} | "
-            f"{t['kill_hit']} | {t['each_step_once']} | {t['losses_bit_equal']} |"
-        )
+    print(_table(trials))
     passed = sum(t["each_step_once"] and t["losses_bit_equal"] for t in trials)
     print(f"\n{passed} of {len(trials)} trials passed")
     sys.exit(0 if passed == len(trials) else 1)

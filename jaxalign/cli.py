@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     except train.UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except train.RunStopped as error:
+    except (train.RunStopped, OSError) as error:  # OSError: a full disk, a lost mount
         print(f"error: {error}", file=sys.stderr)
         return 1
     except train.Preempted as stop:

@@ -279,6 +279,25 @@ def save(config: ExperimentConfig, path: str | os.PathLike) -> str:
     return os.fspath(target)
 
 
+# Keys added since runs were first saved, with the value a run without them behaved as (or the
+# documented default): a run saved before them still loads, resumes and evaluates.
+ADDED_KEYS: dict[str, Any] = {
+    "train.max_failed_saves": 3,  # 0.1.0 after issue 13
+    "data.max_skipped_in_a_row": 1000,  # 0.1.0 after issue 13
+}
+
+
+def _add_keys_of_newer_versions(values: dict[str, Any], schema: type[ExperimentConfig]) -> None:
+    """Fills ``ADDED_KEYS`` missing from a saved config (in place), where the task's schema
+    has them."""
+    for key, value in ADDED_KEYS.items():
+        group, name = key.split(".")
+        field = schema.model_fields.get(group)
+        fields = getattr(field.annotation, "model_fields", {}) if field else {}
+        if name in fields and isinstance(values.get(group), dict):
+            values[group].setdefault(name, value)
+
+
 def load_json(path: str | os.PathLike) -> ExperimentConfig:
     """A ``config.json`` written by ``save`` -> the typed config.
 
@@ -295,6 +314,7 @@ def load_json(path: str | os.PathLike) -> ExperimentConfig:
         raise ConfigError(str(error)) from None
     try:
         schema = schema_of(values.get("task"))
+        _add_keys_of_newer_versions(values, schema)
         return schema.model_validate_json(json.dumps(values))
     except ConfigError as error:
         raise ConfigError(f"{name}: {error}") from None

@@ -291,7 +291,7 @@ def _train(
         nonfinite_total=int(jax.device_get(state.nonfinite_total)),
     )
     eval_row: dict[str, Any] = {}
-    summary: dict[str, Any] = {"step": start_step, "stopped": None}
+    stopped: str | None = None
     try:
         state, step = loop.run(state, start_step, stop)
         loop.save(step, state, iterator.get_state())  # before the evals can fail
@@ -300,23 +300,36 @@ def _train(
         failure = checkpointer.wait()
         if failure:
             raise SavesFailedError(f"{failure}; run the same command to save it again")
-    except (RunStopped, UserError, Preempted) as error:
-        summary["stopped"] = f"{type(error).__name__}: {error}"
+    except BaseException as error:  # recorded, then raised as it was
+        stopped = f"{type(error).__name__}: {error}".strip()
         raise
     finally:
-        summary.update(
-            {
-                "step": loop.last_step,
-                **eval_row,
-                **loop.data_metrics(),
-                "data/records": getattr(stream, "num_records", None),
-                "nonfinite_total": loop.nonfinite_total,
-                "wall_s": round(time.perf_counter() - started, 1),
-            }
-        )
+        try:
+            summary = _summarise(loop, stream, eval_row, stopped, started, workdir)
+        finally:
+            writer.close()
+            iterator.close()
+    return summary
+
+
+def _summarise(loop, stream, eval_row, stopped, started, workdir) -> dict[str, Any]:
+    """``summary.json`` however the run ended (``stopped``: None when it finished, else
+    why); a summary that cannot be written (a full disk) is reported, not raised, so the
+    run's own error is the one the user sees."""
+    summary = {
+        "step": loop.last_step,
+        "stopped": stopped,
+        **eval_row,
+        # After an error, processes may not all reach a collective: each keeps its last figures.
+        **(loop.last_data_metrics if stopped and jax.process_count() > 1 else loop.data_metrics()),
+        "data/records": getattr(stream, "num_records", None),
+        "nonfinite_total": loop.nonfinite_total,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    try:
         _write_json(os.path.join(workdir, "summary.json"), summary)
-        writer.close()
-        iterator.close()
+    except OSError as error:
+        loop.writer.log(f"error: summary.json not written in {workdir}: {error}")
     return summary
 
 
@@ -367,6 +380,8 @@ def evaluate_workdir(
                 "ema_params": abstract.ema_params,
             }
         )
+        for note in checkpointer.skipped:
+            print(f"note: {note}", file=sys.stderr)
     finally:
         checkpointer.close()
     state = TrainState(

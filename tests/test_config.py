@@ -521,3 +521,13 @@ def test_resume_problems_name_both_values():
     assert config_lib.resume_problems(old, saved) == [
         "config.optim.ema_decay: the run was started with '<absent>', this command has 0.0"
     ]
+
+
+def test_a_run_saved_before_newer_keys_still_loads(tmp_path):
+    config = config_lib.load(f"{CLIP}:tiny")
+    values = config_lib.to_dict(config)
+    for key in config_lib.ADDED_KEYS:
+        group, name = key.split(".")
+        del values[group][name]
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    assert config_lib.load_json(tmp_path / "config.json") == config

@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,6 +22,8 @@ from PIL import Image
 from jaxalign import cli, train
 from jaxalign.data import builtin
 from jaxalign.errors import DataError
+from jaxalign.parallel import make_mesh
+from jaxalign.tasks import get_task
 from jaxalign.train_lib.metric_writers import read_metrics
 from jaxalign.train_lib.workdir import open_workdir
 from tests.trainer_child import losses, plant_nan, wrap_clip_stream
@@ -89,13 +92,15 @@ def test_all_bad_data_stops_the_run_naming_the_shard(data_dir, tmp_path, capsys)
 def test_a_stop_request_is_honoured_while_waiting_for_data(data_dir, tmp_path, monkeypatch):
     """The stream hangs before step 3's batch; SIGTERM then saves step 2 with the data position
     before the hung fetch, and the run resumes from there to the end."""
-    waiting = threading.Event()
+    waiting, seen, resumed = threading.Event(), [], threading.Event()
 
     def on_batch(count, next_batch):
-        if count == 3:
+        if count == 3 and not resumed.is_set():
             waiting.set()
             threading.Event().wait()  # forever: only the loop's stop check can end the wait
-        return next_batch()
+        batch = next_batch()
+        seen.append({name: np.array(value) for name, value in batch.items()})  # a copy
+        return batch
 
     wrap_clip_stream(monkeypatch, on_batch)
     threading.Thread(
@@ -103,18 +108,40 @@ def test_a_stop_request_is_honoured_while_waiting_for_data(data_dir, tmp_path, m
     ).start()
     config = cli_config(data_dir, **{"train.steps": 4, "train.checkpoint_every": 10})
     with pytest.raises(train.Preempted, match="SIGTERM at step 2"):
-        train.train_and_evaluate(config, tmp_path / "run")
+        _train_one_device(config, tmp_path / "run")
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2"]
-    monkeypatch.undo()
-    resumed = train.train_and_evaluate(config, tmp_path / "run")
-    assert resumed["step"] == 4
+    resumed.set()
+    summary = _train_one_device(config, tmp_path / "run")
+    assert summary["step"] == 4
     assert [row["step"] for row in read_metrics(tmp_path / "run") if "loss" in row] == [1, 2, 3, 4]
+    # No batch lost or repeated: batches 1-2, then (resumed) 3-4, are the stream's first four.
+    monkeypatch.undo()
+    task = get_task(config, make_mesh(dict(config.mesh), jax.devices()[:1]))
+    stream = iter(task.train_stream())
+    assert len(seen) == 4
+    for got in seen:
+        want = next(stream)
+        for name in ("image", "ids"):
+            np.testing.assert_array_equal(got[name], want[name])
+    stream.close()
+
+
+def _train_one_device(config, workdir):
+    """In-process training on one device (these tests are about the loop, not the mesh)."""
+    return train.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
 
 
 def cli_config(data_dir, **overrides):
+    """The tiny preset without evals (they are not what these tests check, and compile)."""
     from jaxalign import config as config_lib
 
-    values = {"data.data_dir": data_dir, "train.log_every": 1, **overrides}
+    values = {
+        "data.data_dir": data_dir,
+        "train.log_every": 1,
+        "evals.zeroshot_split": "''",
+        "evals.retrieval_split": "''",
+        **overrides,
+    }
     return config_lib.load(f"{CONFIG}:tiny", [f"{k}={v}" for k, v in values.items()])
 
 
@@ -151,7 +178,7 @@ def test_a_divergence_keeps_the_last_finite_checkpoint(data_dir, tmp_path, monke
     schedule = {"train.steps": 8, "train.checkpoint_every": 1, "train.eval_every": 2}
     config = cli_config(data_dir, **schedule, **{"optim.max_nonfinite_in_a_row": 3})
     with pytest.raises(train.TrainingDivergedError, match="newest checkpoint, 2, is from before"):
-        train.train_and_evaluate(config, workdir)
+        _train_one_device(config, workdir)
     out = capsys.readouterr().out
     assert "step 3: checkpoint not saved: 1 non-finite updates in a row" in out
     assert "eval at step 4 skipped" in out
@@ -159,10 +186,17 @@ def test_a_divergence_keeps_the_last_finite_checkpoint(data_dir, tmp_path, monke
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["stopped"].startswith("TrainingDivergedError") and summary["step"] == 5
     monkeypatch.undo()
+    # A lower rate resumes from step 2. The last update (step 8) is non-finite again: a run
+    # that ends inside a streak keeps no final checkpoint and says so.
+    plant_nan(monkeypatch, bad_steps={6})  # the 6th batch after the resume: step 8
     lower = cli_config(
         data_dir, **schedule, **{"optim.lr": 1e-4, "optim.max_nonfinite_in_a_row": 3}
     )
-    assert train.train_and_evaluate(lower, workdir)["step"] == 8
+    with pytest.raises(train.TrainingDivergedError, match="ended during 1 non-finite update"):
+        _train_one_device(lower, workdir)
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["6", "7"]
+    monkeypatch.undo()
+    assert _train_one_device(lower, workdir)["step"] == 8
     assert sorted(losses(workdir)) == list(range(1, 9))
     change = json.loads((workdir / "config_changes.jsonl").read_text())
     assert change["step"] == 2 and change["key"] == "optim.lr" and change["new"] == 1e-4

@@ -128,7 +128,6 @@ class _UnchunkIterator(grain.DatasetIterator):
         self._chunk_start: Any = None
         self._max_in_a_row, self._source_name = max_in_a_row, source_name
         self._streak: collections.Counter[str] = collections.Counter()
-        self._streak_last: Skip | None = None
 
     def __next__(self) -> Any:
         while True:
@@ -148,7 +147,6 @@ class _UnchunkIterator(grain.DatasetIterator):
 
     def _count_streak(self, skip: Skip) -> None:
         self._streak[skip.reason] += 1
-        self._streak_last = skip
         in_a_row = sum(self._streak.values())
         if in_a_row >= self._max_in_a_row:
             reasons = ", ".join(f"{reason} {n}" for reason, n in self._streak.most_common())

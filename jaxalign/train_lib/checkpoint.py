@@ -125,6 +125,7 @@ class Checkpointer:
         self._read_only = read_only
         self._saving: int | None = None  # the step of a save not yet known to have ended
         self._failures: list[str] = []  # failed saves not yet reported by check_saves
+        self.skipped: list[str] = []  # what the last restore_part passed over
         self.failed_in_a_row = 0  # saves that failed since the last one that succeeded
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(STATE, DATA)
@@ -242,14 +243,19 @@ class Checkpointer:
         nested dicts of ``ArrayMetadata`` (``.shape``, ``.dtype``), read without its arrays."""
         step = self._step(step)
         handler = ocp.PyTreeCheckpointHandler()
-        return handler.metadata(epath.Path(self.directory) / str(step) / STATE).tree, step
+        try:
+            return handler.metadata(epath.Path(self.directory) / str(step) / STATE).tree, step
+        except Exception as error:
+            raise DataError(
+                f"checkpoint {step} in {self.directory!r} does not read: {_short(error)}"
+            ) from None
 
     def restore_part(self, abstract: dict[str, Any], step: int | None = None) -> tuple[Any, int]:
         """``(part, step)``: only the subtrees of the saved state that ``abstract`` names
         (e.g. ``{"params": ..., "model_state": ...}``, never the optimizer state), as
         ``jax.ShapeDtypeStruct``s with shardings, restored into those shardings. Without
         ``step``, from the newest checkpoint that reads (nothing is moved); DataError when none
-        does."""
+        does; ``skipped`` then names each newer checkpoint passed over, and why."""
         steps = [self._step(step)] if step is not None else sorted(self.all_steps(), reverse=True)
         if not steps:
             self._step(None)  # raises, naming the directory
@@ -270,10 +276,17 @@ class Checkpointer:
                         f"checkpoint {candidate} in {self.directory!r} does not read: "
                         f"{_short(error)}"
                     ) from None
-                failures.append(f"step {candidate}: {_short(error)}")
+                failures.append((candidate, _short(error)))
                 continue
+            self.skipped = [
+                f"checkpoint {self.directory}/{s} skipped: it does not read ({why})"
+                for s, why in failures
+            ]
             return part, candidate
-        raise DataError(f"no checkpoint in {self.directory!r} can be read: " + "; ".join(failures))
+        raise DataError(
+            f"no checkpoint in {self.directory!r} can be read: "
+            + "; ".join(f"step {s}: {why}" for s, why in failures)
+        )
 
     def reached_preemption(self, step: int) -> bool:
         """Whether all processes agreed to stop at ``step`` after a preemption notice (jax's

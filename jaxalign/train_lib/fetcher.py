@@ -72,6 +72,8 @@ class Fetcher:
                 return value
             raise value
 
-    def close(self) -> None:
-        """Stops the thread once its fetch (if any) returns."""
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stops the thread: at once when idle, else once its fetch returns (waited for up to
+        ``timeout_s``; a fetch stuck on dead data is left to the daemon thread)."""
         self._requests.put(False)
+        self._thread.join(timeout_s)

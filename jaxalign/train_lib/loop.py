@@ -48,10 +48,10 @@ class SavesFailedError(RunStopped):
 
 
 class Preempted(Exception):
-    """The run stopped on SIGTERM / SIGINT after saving a checkpoint."""
+    """The run stopped on SIGTERM / SIGINT (after saving a checkpoint when one was due)."""
 
-    def __init__(self, step: int, signal_name: str):
-        super().__init__(f"stopped by {signal_name} at step {step}; checkpoint saved")
+    def __init__(self, step: int, signal_name: str, newest: str = "none yet"):
+        super().__init__(f"stopped by {signal_name} at step {step}; newest checkpoint: {newest}")
         self.step = step
 
 
@@ -87,6 +87,8 @@ class Loop:
     writer: MetricWriter
     throughput: Throughput
     last_step: int = 0  # the last step read back
+    fetch_abandoned: bool = False  # a stop ended a wait for data: the iterator may be busy
+    last_data_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     nonfinite_in_a_row: int = 0  # as of that step
     nonfinite_total: int = 0
 
@@ -106,11 +108,12 @@ class Loop:
                     local = fetcher.next(
                         lambda: bool(stop.requested), on_slow=self._slow_data(step + 1)
                     )
-                except (FetchInterrupted, DataError):
+                except (FetchInterrupted, DataError) as error:
+                    self.fetch_abandoned = isinstance(error, FetchInterrupted)
                     self._finish(pending)
                     if step > start_step:
                         self.save(step, state, data_state)
-                        self.checkpointer.wait()
+                        self._check_saves(wait=True)
                     if stop.requested:
                         self._stopped(step, stop)
                     raise
@@ -118,6 +121,12 @@ class Loop:
         finally:
             fetcher.close()
         self._finish(pending)
+        if self.nonfinite_in_a_row:  # the last updates were skipped: nothing new to keep
+            raise TrainingDivergedError(
+                f"step {step}: the run ended during {self.nonfinite_in_a_row} non-finite "
+                f"updates in a row; the newest checkpoint, {self._newest()}, is from before "
+                "them: run the same command with a lower --config.optim.lr to resume from it"
+            )
         return state, step
 
     def _slow_data(self, step: int) -> Any:
@@ -150,7 +159,7 @@ class Loop:
         if checkpoint_due or stopping:  # saved first: an eval that fails loses nothing
             self.save(step, state, self.iterator.get_state())
         if stopping:
-            self.checkpointer.wait()
+            self._check_saves(wait=True)
             self._stopped(step, stop)
         if eval_due:
             self.evaluate(state, step, None)
@@ -163,10 +172,14 @@ class Loop:
 
     def _stopped(self, step: int, stop: StopSignal) -> None:
         reason = stop.requested or "a preemption notice"
-        self.writer.log(f"{reason} at step {step}: newest checkpoint {self._newest()}; stopping")
-        raise Preempted(step, reason)
+        newest = self._newest()
+        self.writer.log(f"{reason} at step {step}: newest checkpoint {newest}; stopping")
+        raise Preempted(step, reason, newest)
 
     def _newest(self) -> str:
+        """The newest complete checkpoint (a save in flight is waited for first)."""
+        for line in self.checkpointer.check_saves(wait=True):
+            self.writer.log(f"error: {line}")
         step = self.checkpointer.latest_step()
         return "none yet" if step is None else str(step)
 
@@ -236,6 +249,8 @@ class Loop:
         method = getattr(self.iterator, "metrics", None)
         if not callable(method):
             return {}
+        if self.fetch_abandoned:  # the fetch thread may still be inside the iterator
+            return self.last_data_metrics
         total: dict[str, Any] = {}
         for counts in gather_json(method()):
             for key, value in counts.items():
@@ -243,6 +258,7 @@ class Loop:
         for key in [k for k in total if k.endswith("data/skipped")]:
             read = total[key] + total.get(key.replace("/skipped", "/examples"), 0)
             total[key + "_fraction"] = total[key] / read if read else 0.0
+        self.last_data_metrics = total
         return total
 
     def evaluate(self, state: TrainState, step: int, progress: bool | None) -> dict[str, Any]:

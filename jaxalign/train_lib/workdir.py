@@ -6,7 +6,8 @@ naming the directory):
 - an empty path (an unset shell variable: never the current directory by accident);
 - a path that is a file, or a directory that cannot be written;
 - a directory that is neither empty nor a jaxalign run (it holds no ``jaxalign-run.json``
-  marker): a run never writes over files it did not create;
+  marker; a run from before the marker existed, holding ``config.json`` and ``checkpoints/``,
+  is marked): a run never writes over files it did not create;
 - a directory another live process is training in.
 
 The lock is an exclusive ``fcntl.flock`` on ``jaxalign-run.lock``, held until ``close``; the
@@ -56,6 +57,8 @@ def _mark(path: str) -> None:
     if os.path.isfile(marker):
         return
     present = sorted(os.listdir(path))
+    if {"config.json", "checkpoints"} <= set(present):  # a run from before the marker existed
+        present = []
     if present:
         shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
         raise WorkdirError(
@@ -66,10 +69,11 @@ def _mark(path: str) -> None:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jaxalign": __version__,
     }
-    with open(marker + ".tmp", "w") as f:
+    tmp = f"{marker}.{os.getpid()}.tmp"  # two runs starting at once each write their own
+    with open(tmp, "w") as f:
         json.dump(record, f)
         f.write("\n")
-    os.replace(marker + ".tmp", marker)
+    os.replace(tmp, marker)
 
 
 class Workdir:
@@ -95,7 +99,10 @@ class Workdir:
 def _lock(path: str) -> IO[str]:
     """Takes the directory's lock or raises WorkdirError naming the live holder."""
     lock_path = os.path.join(path, LOCK)
-    f = open(lock_path, "a+")  # noqa: SIM115 (held open for the run's life)
+    try:
+        f = open(lock_path, "a+")  # noqa: SIM115 (held open for the run's life)
+    except OSError as error:
+        raise WorkdirError(f"--workdir={path}: cannot open {lock_path} ({error})") from None
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -106,6 +113,9 @@ def _lock(path: str) -> IO[str]:
             f"--workdir={path}: another run is training there ({holder}); wait for it, stop "
             "it, or give another directory"
         ) from None
+    except OSError as error:  # flock unsupported (some network file systems)
+        f.close()
+        raise WorkdirError(f"--workdir={path}: cannot lock {lock_path} ({error})") from None
     f.seek(0)
     f.truncate()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -99,3 +99,10 @@ def test_other_processes_of_a_run_only_check(tmp_path):
     with open_workdir(tmp_path / "run"):
         follower = open_workdir(tmp_path / "run", lead=False)  # process k > 0: no lock taken
         follower.close()
+
+
+def test_a_run_from_before_the_marker_is_taken_as_a_run(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "checkpoints").mkdir()
+    with open_workdir(tmp_path):
+        assert (tmp_path / MARKER).is_file()
