@@ -21,7 +21,6 @@ from PIL import Image
 
 from jaxalign import cli, train
 from jaxalign.data import builtin
-from jaxalign.errors import DataError
 from jaxalign.parallel import make_mesh
 from jaxalign.tasks import get_task
 from jaxalign.train_lib.metric_writers import read_metrics
@@ -377,7 +376,3 @@ def test_a_user_error_is_one_line_and_exit_status_2(case, tmp_path, data_dir):
     assert result.returncode == 2, result.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert expected in lines[0], lines[0]
-
-
-def test_data_error_is_a_user_error():
-    assert issubclass(DataError, train.UserError)
