@@ -238,16 +238,7 @@ class ClassifyTask(Task):
 
     def _run(self, variables: Any, source: Any, name: str, progress: bool) -> dict[str, Any]:
         ev = self.config.evals
-        pipeline = make_pipeline(
-            source,
-            seed=self.config.seed,
-            global_batch_size=ev.batch_size,
-            transform=self.transform(train=False),
-            num_epochs=1,
-            drop_remainder=False,
-            prefetch=0,
-            max_skipped_in_a_row=self.config.data.max_skipped_in_a_row,
-        )
+        pipeline = images.eval_pipeline(source, self.config, self.transform(train=False))
         return evals.embed_dataset(
             self._predict_fn,
             pipeline,

@@ -359,15 +359,10 @@ class ClipTask(Task):
         first ``evals.max_examples`` of ``split`` (all when 0), embedded sharded over the mesh."""
         ev = self.config.evals
         label = eval_name == "zeroshot"
-        pipeline = make_pipeline(
+        pipeline = images.eval_pipeline(
             self.source(split, key=f"evals.{eval_name}_split", limit=ev.max_examples),
-            seed=self.config.seed,
-            global_batch_size=ev.batch_size,
-            transform=self.transform(train=False, label=label),
-            num_epochs=1,
-            drop_remainder=False,
-            prefetch=0,
-            max_skipped_in_a_row=self.config.data.max_skipped_in_a_row,
+            self.config,
+            self.transform(train=False, label=label),
         )
         return evals.embed_dataset(
             self._embed_fn,

@@ -6,6 +6,7 @@ pieces and rules for both.
   preset's), ``image_tower_problems`` (those fields belong to the preset's tower; the image
   side fits its stride), ``dataset_problems`` and ``check_dataset_on_disk`` (a built-in name
   exists; a TFDS dataset is prepared under ``data.data_dir``).
+- ``eval_pipeline``: one pass over an eval split, as every image task's evals read it.
 - ``ImageDataset``: a config's ``data`` group on disk: built-in datasets are built on first use
   (process 0 first), splits open as random-access sources (records with undecoded images), and
   a split's class names come from its TFDS ``ClassLabel``.
@@ -104,6 +105,24 @@ def check_dataset_on_disk(data: Any) -> None:
             f"config.data.name={data.name!r}: no TFDS dataset at {path!r} "
             f"(config.data.data_dir={data.data_dir!r})"
         )
+
+
+def eval_pipeline(source: Any, config: Any, transform: Any) -> Any:
+    """One pass over an eval split's ``source`` in batches of ``config.evals.batch_size`` (the
+    last one smaller), no prefetch, bad examples skipped as in training (up to
+    ``config.data.max_skipped_in_a_row`` in a row)."""
+    from jaxalign.data import make_pipeline
+
+    return make_pipeline(
+        source,
+        seed=config.seed,
+        global_batch_size=config.evals.batch_size,
+        transform=transform,
+        num_epochs=1,
+        drop_remainder=False,
+        prefetch=0,
+        max_skipped_in_a_row=config.data.max_skipped_in_a_row,
+    )
 
 
 class ImageDataset:
