@@ -97,7 +97,9 @@ def test_the_lock_of_a_killed_run_is_not_stale(tmp_path):
 
 def test_other_processes_of_a_run_only_check(tmp_path):
     with open_workdir(tmp_path / "run"):
-        follower = open_workdir(tmp_path / "run", lead=False)  # process k > 0: no lock taken
+        # Process k > 0: checks the path and takes no lock (taking it here would be refused).
+        follower = open_workdir(tmp_path / "run", lead=False)
+        assert follower.path == str(tmp_path / "run")
         follower.close()
 
 
