@@ -112,7 +112,7 @@ def base() -> ml_collections.ConfigDict:
     config.train.max_failed_saves = 3
 
     config.evals = ml_collections.ConfigDict()
-    config.evals.splits = ("source_validation", "source_test", "target_test")
+    config.evals.splits = ("source_validation", "source_test", "blend_test")
     config.evals.batch_size = 128
     config.evals.max_examples = 0
     config.evals.knn_k = 0

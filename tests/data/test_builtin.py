@@ -103,7 +103,7 @@ def test_two_builds_are_byte_identical(built: Path, rebuilt: Path):
         files_a = sorted(p.relative_to(built) for p in (built / name).rglob("*") if p.is_file())
         files_b = sorted(p.relative_to(rebuilt) for p in (rebuilt / name).rglob("*") if p.is_file())
         assert files_a == files_b
-        assert sum(".array_record-" in p.name for p in files_a) == (6 if name == NAMES[1] else 3)
+        assert sum(".array_record-" in p.name for p in files_a) == (9 if name == NAMES[1] else 3)
         for rel in files_a:
             assert (built / rel).read_bytes() == (rebuilt / rel).read_bytes(), rel
 
@@ -165,27 +165,49 @@ def test_digits_domains_reads_back_consistently(built: Path):
     images, labels = dd.load_digits()
     parts = dd.split_indices(labels, seed=0)
     assert set(source) == set(dd.SPLITS)
+    assert set(dd.SPLITS) == {f"{d}_{p}" for d in dd.DOMAINS for p in dd.PARTS}
     every = np.sort(np.concatenate(list(parts.values())))
     np.testing.assert_array_equal(every, np.arange(len(labels)))  # a partition of the digits
-    gaps: list[float] = []  # mean |source - target| per digit
+    gaps: dict[str, list[float]] = {"blend": [], "rotated": []}  # mean |source - other|
     for part in dd.PARTS:
-        src, tgt = source[f"source_{part}"], source[f"target_{part}"]
-        assert len(src) == len(tgt) == len(parts[part])
+        src = source[f"source_{part}"]
+        assert len(src) == len(parts[part])
         assert abs(len(src) / len(labels) - dd.FRACTIONS[part]) < 0.01
-        for i in range(len(src)):
-            s, t = src[i], tgt[i]
-            index = int(parts[part][i])
-            assert s["digit_index"] == t["digit_index"] == index
-            assert s["label"] == t["label"] == labels[index]
-            assert (s["domain"], t["domain"]) == (0, 1)
-            for image in (s["image"], t["image"]):
-                assert image.shape == (32, 32, 3) and image.dtype == np.uint8
-            np.testing.assert_array_equal(s["image"], dd.source_image(images[index], 32))
-            assert not np.array_equal(s["image"], t["image"])
-            gaps.append(np.abs(s["image"].astype(int) - t["image"].astype(int)).mean())
-    assert np.mean(gaps) > 40  # the photo backgrounds change the images a lot on average
+        for domain, gap in gaps.items():
+            other = source[f"{domain}_{part}"]
+            assert len(other) == len(src)
+            for i in range(0, len(src), 7):
+                s, t = src[i], other[i]
+                index = int(parts[part][i])
+                assert s["digit_index"] == t["digit_index"] == index
+                assert s["label"] == t["label"] == labels[index]
+                assert (s["domain"], t["domain"]) == (0, dd.DOMAINS.index(domain))
+                for image in (s["image"], t["image"]):
+                    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+                np.testing.assert_array_equal(s["image"], dd.source_image(images[index], 32))
+                assert not np.array_equal(s["image"], t["image"])
+                gap.append(np.abs(s["image"].astype(int) - t["image"].astype(int)).mean())
+    assert np.mean(gaps["blend"]) > 40  # the photo backgrounds change the images a lot
+    assert np.mean(gaps["rotated"]) > 20  # turned strokes and noise
     train_test = set(parts["train"].tolist()) & set(parts["test"].tolist())
-    assert not train_test  # target_test holds no digit of source_train
+    assert not train_test  # no *_test split holds a digit of a *_train split
+
+
+def test_rotated_domain_is_the_turned_noisy_source_digit():
+    images, _ = dd.load_digits()
+    digit = dd.source_image(images[5], 32)
+    out = dd.rotate_and_add_noise(np.random.default_rng([0, 5, 2]), digit)
+    again = dd.rotate_and_add_noise(np.random.default_rng([0, 5, 2]), digit)
+    np.testing.assert_array_equal(out, again)
+    assert out.shape == digit.shape and out.dtype == np.uint8
+    assert np.array_equal(out[..., 0], out[..., 2])  # grey: the noise is the same per channel
+    # With no noise and no turn it would be the digit: the residual is the noise's size.
+    rng = np.random.default_rng([0, 5, 2])
+    angle = rng.uniform(-dd.ROTATION_DEGREES, dd.ROTATION_DEGREES)
+    turned = np.asarray(PIL.Image.fromarray(digit).rotate(angle, resample=2), dtype=float)
+    residual = out.astype(float) - turned
+    inside = (turned > 60) & (turned < 190)  # where clipping cannot bite
+    assert 0.6 * dd.NOISE_STD < residual[inside].std() < 1.4 * dd.NOISE_STD
 
 
 def test_caption_corpus_is_the_training_captions(built: Path):

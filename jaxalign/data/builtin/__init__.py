@@ -9,8 +9,9 @@ returns its ``tfds.core.DatasetBuilder``. Read it back without tensorflow::
 
 - ``shapes_captions``: coloured shapes + captions; splits train / validation / test (test =
   held-out (colour, shape) pairs). See ``shapes_captions.py``.
-- ``digits_domains``: scikit-learn digits (source) and their MNIST-M-style photo blends (target);
-  splits ``{source,target}_{train,validation,test}``. See ``digits_domains.py``.
+- ``digits_domains``: scikit-learn digits (source), their MNIST-M-style photo blends (blend) and
+  turned, noisy copies (rotated); splits ``{source,blend,rotated}_{train,validation,test}``. See
+  ``digits_domains.py``.
 
 For masked language modelling, ``caption_corpus`` gives the training captions and
 ``build_caption_tokenizer`` writes a Hugging Face tokenizer that covers the caption grammar.

@@ -1,25 +1,30 @@
-"""``digits_domains``: a two-domain digits benchmark built offline from scikit-learn's files.
+"""``digits_domains``: a three-domain digits benchmark built offline from scikit-learn's files.
 
-Source domain: scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``, 1797
-images of 8x8 pixels, values 0..16), upsampled (bicubic) to ``image_size`` x ``image_size`` (32 by
-default), white strokes on black, as RGB.
+Domains (``DOMAINS``), each the same 1797 digits drawn another way:
 
-Target domain: the same digits made the way MNIST-M was made (Ganin et al., "Domain-Adversarial
-Training of Neural Networks", JMLR 2016): each digit is blended with a random crop of a colour
-photo, ``out = |background - digit|`` per channel. The photos are the two scikit-learn ships
-(``sklearn.datasets.load_sample_images``: china.jpg, flower.jpg); a crop has a random photo,
-side (``image_size`` to ``4 * image_size`` pixels, resized to ``image_size``) and place.
+- ``source``: scikit-learn's bundled handwritten digits (``sklearn.datasets.load_digits``, 8x8
+  pixels, values 0..16), upsampled (bicubic) to ``image_size`` x ``image_size`` (32 by
+  default), white strokes on black, as RGB.
+- ``blend``: the digits made the way MNIST-M was made (Ganin et al., "Domain-Adversarial
+  Training of Neural Networks", JMLR 2016): each digit blended with a random crop of a colour
+  photo, ``out = |background - digit|`` per channel. The photos are the two scikit-learn ships
+  (``sklearn.datasets.load_sample_images``: china.jpg, flower.jpg); a crop has a random photo,
+  side (``image_size`` to ``4 * image_size`` pixels, resized to ``image_size``) and place.
+- ``rotated``: the source digit turned by a random angle (``ROTATION_DEGREES`` either way),
+  then additive Gaussian noise (``NOISE_STD`` grey levels, the same in all channels), clipped
+  to 0..255: a geometric and noise shift with no colour change, unlike ``blend``.
 
-Splits: a stratified 70/15/15 partition of the 1797 digits (``split_indices``), the same for both
-domains, so ``target_test`` holds no digit of ``source_train``: ``source_train``,
-``source_validation``, ``source_test``, ``target_train``, ``target_validation``, ``target_test``.
-Records are in increasing ``digit_index`` order; a target record and the source record with the
-same ``digit_index`` have the same label.
+Splits: a stratified 70/15/15 partition of the 1797 digits (``split_indices``), the same for
+every domain, so no ``*_test`` split holds a digit of any ``*_train`` split:
+``<domain>_train``, ``<domain>_validation``, ``<domain>_test`` for each domain. Records are in
+increasing ``digit_index`` order; records of two domains with the same ``digit_index`` have the
+same label.
 
-Determinism: the partition comes from ``np.random.default_rng(seed)``; the crop of digit ``i``
-from ``np.random.default_rng([seed, i])``; records are serialised deterministically, so two builds
-give byte-identical array_record files (given the same libjpeg/zlib, which decode the photos and
-encode the PNGs).
+Determinism: the partition comes from ``np.random.default_rng([seed, class])``; the crop of digit
+``i`` from ``np.random.default_rng([seed, i])`` (as in version 1, whose ``target`` domain is
+today's ``blend``), its angle and noise from ``np.random.default_rng([seed, i, 2])``; records
+are serialised deterministically, so two builds give byte-identical array_record files (given
+the same libjpeg/zlib, which decode the photos and encode the PNGs).
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from tensorflow_datasets.core import writer as writer_lib
 
 from jaxalign.data.builtin.records import DeterministicExampleWriter, encode_png
 
-DOMAINS: tuple[str, ...] = ("source", "target")
+DOMAINS: tuple[str, ...] = ("source", "blend", "rotated")
+ROTATION_DEGREES = 45.0  # the rotated domain's angle: uniform in [-45, 45] degrees
+NOISE_STD = 40.0  # the rotated domain's Gaussian noise, in grey levels of 0..255
 PARTS: tuple[str, ...] = ("train", "validation", "test")
 FRACTIONS: dict[str, float] = {"train": 0.70, "validation": 0.15, "test": 0.15}
 SPLITS: tuple[str, ...] = tuple(f"{d}_{p}" for d in DOMAINS for p in PARTS)
@@ -102,6 +109,16 @@ def random_crop(rng: np.random.Generator, photos: list[np.ndarray], image_size: 
     return np.asarray(crop, dtype=np.uint8)
 
 
+def rotate_and_add_noise(rng: np.random.Generator, digit: np.ndarray) -> np.ndarray:
+    """The ``rotated`` domain: [H, W, 3] uint8 -> the digit turned by an angle uniform in
+    ``[-ROTATION_DEGREES, ROTATION_DEGREES]`` (bilinear, black fill) plus Gaussian noise of
+    ``NOISE_STD`` grey levels, clipped -> [H, W, 3] uint8."""
+    angle = float(rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES))
+    turned = PIL.Image.fromarray(digit).rotate(angle, resample=PIL.Image.Resampling.BILINEAR)
+    noise = rng.normal(0.0, NOISE_STD, size=digit.shape[:2])[:, :, None]
+    return np.clip(np.asarray(turned, dtype=np.float64) + noise, 0, 255).round().astype(np.uint8)
+
+
 def blend(background: np.ndarray, digit: np.ndarray) -> np.ndarray:
     """MNIST-M blend: [H, W, 3] uint8 x [H, W, 3] uint8 -> |background - digit| [H, W, 3] uint8."""
     return np.abs(background.astype(np.int16) - digit.astype(np.int16)).astype(np.uint8)
@@ -141,10 +158,14 @@ def make_config(**options: int) -> DigitsDomainsConfig:
 
 
 class DigitsDomains(tfds.core.GeneratorBasedBuilder):
-    """scikit-learn digits (source) and their MNIST-M-style blends with photos (target)."""
+    """scikit-learn digits (source), their MNIST-M-style blends with photos (blend), and
+    turned, noisy copies (rotated)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}  # noqa: RUF012 (tfds class attribute)
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {  # noqa: RUF012 (tfds class attribute)
+        "1.0.0": "First release: source and target (the MNIST-M-style blend).",
+        "2.0.0": "Three domains: target renamed blend; rotated (turned and noisy) added.",
+    }
     BUILDER_CONFIGS = [DEFAULT_CONFIG]  # noqa: RUF012 (tfds class attribute)
 
     @classmethod
@@ -203,9 +224,11 @@ class DigitsDomains(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config
         for index in ids.tolist():
             image = source_image(images[index], config.image_size)
-            if domain == "target":
+            if domain == "blend":
                 rng = np.random.default_rng([config.seed, index])
                 image = blend(random_crop(rng, photos, config.image_size), image)
+            elif domain == "rotated":
+                image = rotate_and_add_noise(np.random.default_rng([config.seed, index, 2]), image)
             yield (
                 index,
                 {
