@@ -44,7 +44,7 @@ from jaxalign.tasks import Task, get_task
 from jaxalign.train_lib import TrainState, make_optimizer, make_train_step
 from jaxalign.train_lib.checkpoint import Checkpointer
 from jaxalign.train_lib.loop import Loop, Preempted, SavesFailedError, TrainingDivergedError
-from jaxalign.train_lib.metric_writers import MetricWriter
+from jaxalign.train_lib.metric_writers import MetricWriter, read_metrics
 from jaxalign.train_lib.preemption import PREEMPTED_EXIT_CODE, StopSignal
 from jaxalign.train_lib.throughput import Throughput, peak_flops, step_flops
 from jaxalign.train_lib.transfer import load_from_run
@@ -297,6 +297,13 @@ def _train(
         loop.save(step, state, iterator.get_state())  # before the evals can fail
         if step == total_steps:
             eval_row = loop.evaluate(state, step, progress)
+            if jax.process_index() == 0:  # metrics.jsonl is process 0's
+                report = task.report(read_metrics(workdir))
+                if report:
+                    loop.writer.log(
+                        "report: " + ", ".join(f"{k} {v:.4g}" for k, v in report.items())
+                    )
+                eval_row.update(report)
         failure = checkpointer.wait()
         if failure:
             raise SavesFailedError(f"{failure}; run the same command to save it again")

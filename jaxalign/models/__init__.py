@@ -1,6 +1,7 @@
 """Flax linen models, one per file: ViT and text towers, a small CNN, the dual encoder, the
-image classifier."""
+image classifier, the domain-adaptation network."""
 
+from jaxalign.models.adapter import AdaptationNet, DomainDiscriminator
 from jaxalign.models.classifier import Classifier
 from jaxalign.models.cnn import ConvNet
 from jaxalign.models.dual_encoder import (
@@ -16,8 +17,10 @@ from jaxalign.models.vit import ViT, decode_variant
 
 __all__ = [
     "PRESETS",
+    "AdaptationNet",
     "Classifier",
     "ConvNet",
+    "DomainDiscriminator",
     "DualEncoder",
     "TextTransformer",
     "ViT",

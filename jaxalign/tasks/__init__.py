@@ -4,8 +4,18 @@ registry; ``images.py`` what image tasks share."""
 
 from __future__ import annotations
 
+from jaxalign.tasks.adapt import AdaptTask
 from jaxalign.tasks.base import TASKS, ParamGroup, Task, get_task, register_task
 from jaxalign.tasks.classify import ClassifyTask
 from jaxalign.tasks.clip import ClipTask
 
-__all__ = ["TASKS", "ClassifyTask", "ClipTask", "ParamGroup", "Task", "get_task", "register_task"]
+__all__ = [
+    "TASKS",
+    "AdaptTask",
+    "ClassifyTask",
+    "ClipTask",
+    "ParamGroup",
+    "Task",
+    "get_task",
+    "register_task",
+]

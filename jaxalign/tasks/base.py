@@ -54,7 +54,7 @@ class ParamGroup:
 
 class Task(Protocol):
     """What a task gives the trainer. Subclass it to inherit the defaults of the optional
-    members (``prepare_data``, ``loss_and_grad``, ``param_groups``, ``evaluate``)."""
+    members (``prepare_data``, ``loss_and_grad``, ``param_groups``, ``evaluate``, ``report``)."""
 
     name: ClassVar[str]
     """The name configs use (``config.task``)."""
@@ -110,6 +110,12 @@ class Task(Protocol):
         """The task's evals of ``variables`` (``{"params": ..., **model_state}``; the moving
         average of the parameters when ``optim.ema_decay > 0``), as ``{name: value}``; written
         with an ``eval/`` prefix. None by default."""
+        return {}
+
+    def report(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Figures for ``summary.json`` drawn from the finished run's logged rows (every row
+        of ``metrics.jsonl``: ``{"step": s, ...}``, eval rows with ``eval/`` keys), e.g. model
+        selection over its evals. None by default."""
         return {}
 
 

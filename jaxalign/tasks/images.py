@@ -6,7 +6,8 @@ pieces and rules for both.
   preset's), ``image_tower_problems`` (those fields belong to the preset's tower; the image
   side fits its stride), ``dataset_problems`` and ``check_dataset_on_disk`` (a built-in name
   exists; a TFDS dataset is prepared under ``data.data_dir``).
-- ``eval_pipeline``: one pass over an eval split, as every image task's evals read it.
+- ``eval_pipeline``: one pass over an eval split, as every image task's evals read it;
+  ``Unlabelled``: a split whose records lost their labels (an unlabelled domain).
 - ``ImageDataset``: a config's ``data`` group on disk: built-in datasets are built on first use
   (process 0 first), splits open as random-access sources (records with undecoded images), and
   a split's class names come from its TFDS ``ClassLabel``.
@@ -123,6 +124,23 @@ def eval_pipeline(source: Any, config: Any, transform: Any) -> Any:
         prefetch=0,
         max_skipped_in_a_row=config.data.max_skipped_in_a_row,
     )
+
+
+class Unlabelled:
+    """A random-access ``source`` whose records lack the ``keys`` (labels): nothing
+    downstream can read them. ``len`` and ``[i]`` as the source's."""
+
+    def __init__(self, source: Any, keys: tuple[str, ...]):
+        self.source, self.keys = source, frozenset(keys)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {k: v for k, v in self.source[index].items() if k not in self.keys}
+
+    def __repr__(self) -> str:
+        return f"Unlabelled({self.source!r}, without {sorted(self.keys)})"
 
 
 class ImageDataset:

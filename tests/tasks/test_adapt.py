@@ -1,0 +1,206 @@
+"""The domain-adaptation task end to end on digits_domains' tiny preset: every method on 1
+device equals 8 devices (a 2x4 mesh, batch over data and fsdp), exact resume after SIGKILL with
+two streams, target labels never read by training or by the label-free validators, the DANN
+schedule as logged, and model selection in ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from jaxalign import config as config_lib
+from jaxalign import train
+from jaxalign.tasks import images
+from jaxalign.tasks.adapt import METHODS, AdaptTask
+from jaxalign.train_lib.metric_writers import read_metrics
+from tests.trainer_child import losses, run_trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIG = str(ROOT / "configs" / "adapt_digits.py")
+STEPS = 20
+# 20 steps, one checkpoint, one eval at the end (DANN also at step 10, for model selection).
+SHORT = {"train.steps": STEPS, "train.checkpoint_every": STEPS}
+EVAL_EVERY = {"dann": 10}
+EIGHT = {"mesh.data": 2, "mesh.fsdp": 4}  # 2x4: the batch over 8 shards, parameters over 4
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from jaxalign.data import builtin
+
+    path = tmp_path_factory.mktemp("digits")
+    builtin.prepare("digits_domains", path)
+    return str(path)
+
+
+def _overrides(data_dir, method, **extra):
+    values = {"data.data_dir": data_dir, "objective.method": method, **extra}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def _train(data_dir, workdir, method, devices, **extra):
+    extra.setdefault("train.eval_every", EVAL_EVERY.get(method, STEPS))
+    config = config_lib.load(f"{CONFIG}:tiny", _overrides(data_dir, method, **extra))
+    return train.train_and_evaluate(config, workdir, devices=devices)
+
+
+@pytest.fixture(scope="module")
+def one_device_runs(data_dir, tmp_path_factory):
+    """Each method's 20-step run on one device: ``{method: workdir}``."""
+    runs = {}
+    for method in METHODS:
+        runs[method] = tmp_path_factory.mktemp(f"one_{method}")
+        _train(data_dir, runs[method], method, jax.devices()[:1], **SHORT)
+    return runs
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_device_equals_eight(method, one_device_runs, data_dir, tmp_path):
+    summary = _train(data_dir, tmp_path, method, jax.devices(), **SHORT, **EIGHT)
+    one, eight = losses(one_device_runs[method]), losses(tmp_path)
+    assert sorted(one) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([eight[s] for s in one], list(one.values()), rtol=1e-5, atol=1e-6)
+    reference = json.loads((one_device_runs[method] / "summary.json").read_text())
+    for key in ("eval/source_validation_top1", "eval/oracle/target_test_top1"):
+        assert summary[key] == pytest.approx(reference[key], abs=1e-6), key
+    if method == "dann":
+        rows = [row for row in read_metrics(tmp_path) if "loss" in row]
+        for row in rows:  # the schedule of the progress (step - 1) / steps, as logged
+            p = (row["step"] - 1) / STEPS
+            expected = 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+            assert row["reversal_coefficient"] == pytest.approx(expected, abs=1e-6)
+            assert 0.0 <= row["discriminator_accuracy"] <= 1.0
+        assert 0.0 <= summary["eval/discriminator_accuracy"] <= 1.0
+    else:
+        assert "eval/discriminator_accuracy" not in summary
+
+
+def test_summary_reports_each_rules_choice(one_device_runs):
+    summary = json.loads((one_device_runs["dann"] / "summary.json").read_text())
+    evals = {
+        row["step"]: row
+        for row in read_metrics(one_device_runs["dann"])
+        if "eval/oracle/target_test_top1" in row
+    }
+    assert sorted(evals) == [10, 20]
+    rules = [
+        "last",
+        "source_validation",
+        "neg_entropy",
+        "info_max",
+        "snd",
+        "bnm",
+        "confidence",
+        "oracle",
+    ]
+    for rule in rules:
+        step = summary[f"select/{rule}/step"]
+        assert (
+            summary[f"select/{rule}/target_test_top1"]
+            == evals[step]["eval/oracle/target_test_top1"]
+        )
+    assert summary["select/last/step"] == 20
+    best = max(evals.values(), key=lambda r: r["eval/oracle/target_test_top1"])
+    assert summary["select/oracle/target_test_top1"] == best["eval/oracle/target_test_top1"]
+    chosen = summary["select/snd/step"]
+    assert evals[chosen]["eval/label_free/snd"] == max(
+        r["eval/label_free/snd"] for r in evals.values()
+    )
+    for key in ("eval/proxy_a_distance", "eval/label_free/bnm", "eval/source_validation_top1"):
+        assert np.isfinite(summary[key]), key
+
+
+def _without_target_labels(monkeypatch, label_key="label"):
+    """Target train and validation splits read as records with no label at all."""
+    source = images.ImageDataset.source
+
+    def unlabelled(self, split, *, key, limit=0):
+        records = source(self, split, key=key, limit=limit)
+        if split.endswith(("_train", "_validation")) and not split.startswith("source"):
+            return images.Unlabelled(records, (label_key,))
+        return records
+
+    monkeypatch.setattr(images.ImageDataset, "source", unlabelled)
+
+
+@pytest.mark.parametrize("method", ["dann", "mmd"])
+def test_training_and_validators_read_no_target_label(
+    method, one_device_runs, data_dir, tmp_path, monkeypatch
+):
+    _without_target_labels(monkeypatch)
+    _train(data_dir, tmp_path, method, jax.devices()[:1], **SHORT)
+    assert losses(tmp_path) == losses(one_device_runs[method])  # bit for bit
+    reference = [r for r in read_metrics(one_device_runs[method]) if "eval/label_free/snd" in r]
+    rows = [r for r in read_metrics(tmp_path) if "eval/label_free/snd" in r]
+    assert len(rows) == len(reference) == STEPS // EVAL_EVERY.get(method, STEPS)
+    for row, ref in zip(rows, reference, strict=True):
+        for key in ref:
+            if key.startswith(("eval/label_free/", "eval/proxy_a", "eval/discriminator")):
+                assert row[key] == ref[key], key
+
+
+def test_target_stream_has_no_labels_unless_training_on_target(data_dir):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    for method, expected in (("dann", ["image"]), ("train_on_target", ["image", "label"])):
+        config = config_lib.load(f"{CONFIG}:tiny", _overrides(data_dir, method))
+        task = AdaptTask(config, mesh)
+        task.prepare_data()
+        assert sorted(task.batch_spec()["target"]) == expected
+        iterator = iter(task.train_stream())
+        batch = next(iterator)
+        iterator.close()
+        assert sorted(batch["target"]) == expected
+        assert sorted(batch["source"]) == ["image", "label"]
+    config = config_lib.load(f"{CONFIG}:tiny", _overrides(data_dir, "source_only"))
+    assert list(AdaptTask(config, mesh).batch_spec()) == ["source"]
+
+
+def test_sigkill_between_checkpoints_resumes_bit_for_bit(data_dir, tmp_path):
+    # Child processes on one device each (bits differ from this 8-device process's runs).
+    extra = {"train.steps": 10, "train.checkpoint_every": 5, "train.eval_every": 10}
+    overrides = [f"--config.{o}" for o in _overrides(data_dir, "dann", **extra)]
+    reference = run_trainer(f"{CONFIG}:tiny", tmp_path / "reference", overrides)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    workdir = tmp_path / "killed"
+    killed = run_trainer(f"{CONFIG}:tiny", workdir, overrides, signal_at=7, after_checkpoint=5)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert max(losses(workdir)) == 7
+    resumed = run_trainer(f"{CONFIG}:tiny", workdir, overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from checkpoint 5" in resumed.stdout
+    # Both streams resumed where they were: every loss of the uninterrupted run, bit for bit.
+    assert losses(workdir) == losses(tmp_path / "reference")
+    assert sorted(losses(workdir)) == list(range(1, 11))
+
+
+def test_param_groups_and_bad_presets(data_dir):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    extra = {"objective.discriminator_lr_mult": 0.5, "model.backbone_lr_mult": 0.1}
+    config = config_lib.load(f"{CONFIG}:tiny", _overrides(data_dir, "dann", **extra))
+    groups = {(g.pattern, g.lr_mult) for g in AdaptTask(config, mesh).param_groups()}
+    assert groups == {("^backbone/", 0.1), ("^discriminator/", 0.5)}
+    with pytest.raises(config_lib.ConfigError, match=r"unknown target 'mnist'.*blend"):
+        config_lib.load(f"{CONFIG}:dann,mnist")
+    with pytest.raises(config_lib.ConfigError, match="unknown method 'dan'"):
+        config_lib.load(f"{CONFIG}:dan")
+    with pytest.raises(config_lib.ConfigError, match=r"objective\.method"):
+        config_lib.load(f"{CONFIG}:tiny", ["objective.method=jan"])
+
+
+@pytest.mark.parametrize("target", ["blend", "rotated"])
+def test_every_preset_loads_and_validates_on_eight_devices(target):
+    from jaxalign.tasks.adapt import AdaptConfig
+
+    for method in METHODS:
+        config = config_lib.load(f"{CONFIG}:{method},{target}")
+        assert isinstance(config, AdaptConfig) and config.objective.method == method
+        config_lib.validate(config, 8, check_data=False)
+        assert config.data.target_split == f"{target}_train"
+        assert config.evals.target_test == f"{target}_test"
+        assert config.evals.source_validation == "source_validation"
+    assert config_lib.load(CONFIG).objective.method == "dann"
