@@ -7,8 +7,8 @@ Presets (``--config=configs/adapt_digits.py:<method>[,<target>]``; no preset = `
   ``objective.method`` (``train_on_target`` reads the target's labels on purpose: the upper
   bound). ``<target>`` is the target domain, ``blend`` (MNIST-M-style photo blends, the
   default) or ``rotated`` (turned, noisy digits); the source is always ``source``. The demo's
-  small CNN tower (``tiny-cnn``), a 128-unit bottleneck, 1500 steps at batch 64 per domain,
-  evaluated every 100 steps::
+  small CNN tower (``tiny-cnn``), a 128-unit bottleneck, 500 steps at batch 64 per domain,
+  evaluated every 50 steps (about a minute on 2 CPU cores)::
 
     jaxalign train --config=configs/adapt_digits.py:dann,rotated --workdir=runs/dann_rotated
 
@@ -85,7 +85,9 @@ def base(method: str = "dann", target: str = "blend") -> ml_collections.ConfigDi
     config.objective.method = method
     config.objective.dann_weight = 1.0  # Ganin et al. 2016: the discriminator loss unweighted
     config.objective.mmd_weight = 1.0  # Long et al. 2015 (DAN): lambda = 1
-    config.objective.coral_weight = 100.0  # Sun & Saenko 2016: CORAL and CE of one size at end
+    # Sun & Saenko 2016: the CORAL and classification losses of about one size at the end of
+    # training (a first run, before the table: 0.0073 and 100 x 0.00015 at its last step).
+    config.objective.coral_weight = 100.0
     config.objective.schedule = "dann"
     config.objective.gamma = 10.0
     config.objective.warm_start_steps = 1000
@@ -108,11 +110,11 @@ def base(method: str = "dann", target: str = "blend") -> ml_collections.ConfigDi
 
     config.train = ml_collections.ConfigDict()
     config.train.global_batch_size = 64
-    config.train.steps = 1500
-    config.train.log_every = 100
-    config.train.checkpoint_every = 500
+    config.train.steps = 500
+    config.train.log_every = 50
+    config.train.checkpoint_every = 250
     config.train.keep_checkpoints = 2
-    config.train.eval_every = 100
+    config.train.eval_every = 50
     config.train.max_failed_saves = 3
 
     config.evals = ml_collections.ConfigDict()

@@ -3,7 +3,10 @@ discriminator, in one parameter tree (the layout of DANN, Ganin et al. 2016, and
 al. 2015).
 
 ``[batch, H, W, C]`` images -> the tower's pooled features -> the bottleneck ``[batch,
-bottleneck_dim]`` (dense + ReLU: the features MMD and CORAL align and the discriminator reads)
+bottleneck_dim]`` (dense, layer norm, ReLU: the features MMD and CORAL align and the
+discriminator reads; the norm keeps their scale bounded, where TLlib's bottleneck uses batch
+norm, so the reversed gradient cannot grow them, and is per example, so no statistic depends
+on how the batch is split over devices)
 -> the head's ``[batch, num_classes]`` logits. ``discriminate`` maps bottleneck features to
 ``[batch]`` domain logits (source = 1) through an MLP of two hidden ReLU layers; the task puts
 ``gradient_reversal`` in front of it. Parameters: ``backbone/`` (the tower; a CLIP run's
@@ -18,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxalign.models.layers import dense
+from jaxalign.models.layers import dense, layer_norm
 
 
 class DomainDiscriminator(nn.Module):
@@ -46,6 +49,7 @@ class AdaptationNet(nn.Module):
 
     def setup(self) -> None:
         self.bottleneck = dense(self.bottleneck_dim, ("embed", "mlp"))
+        self.bottleneck_norm = layer_norm(1e-6, jnp.float32)
         self.head = dense(self.num_classes, ("mlp", "classes"))
         self.discriminator = DomainDiscriminator(self.discriminator_hidden)
 
@@ -54,7 +58,8 @@ class AdaptationNet(nn.Module):
     ) -> tuple[jax.Array, jax.Array]:
         chex.assert_rank(images, 4)
         pooled, _ = self.backbone(images, deterministic=deterministic)
-        features = nn.relu(self.bottleneck(pooled.astype(jnp.float32)))
+        features = self.bottleneck_norm(self.bottleneck(pooled.astype(jnp.float32)))
+        features = nn.relu(features)
         return self.head(features), features
 
     def discriminate(self, features: jax.Array) -> jax.Array:
