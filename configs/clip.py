@@ -21,6 +21,13 @@ Presets (``--config=configs/clip.py:<preset>``; no preset = ``demo``):
 
     python -m jaxalign train --config=configs/clip.py:tiny --workdir=/tmp/clip_tiny
 
+- ``demo_adapt_none``, ``demo_adapt_mmd``, ``demo_adapt_dann``: the demo as task
+  ``clip_adapt`` (``jaxalign.tasks.clip_adapt``): CLIP adapted to shapes_captions' outline
+  domain (the same scenes drawn as outlines on textured backgrounds) with an MMD or DANN term
+  on the image embeddings of its unlabelled ``outline_train`` images (``none``: the same run
+  without the term), zero-shot also on ``outline_test`` (``eval/target/zeroshot_top1``).
+  ``tiny_adapt``: ``tiny`` with the MMD term, for tests.
+
 - ``vit_b32``, ``vit_b16``, ``vit_l14``: OpenAI-CLIP sizes for TPU pods and GPU clusters:
   bfloat16 compute, rematerialisation, the memory-bounded loss ("tiled" / "ring"), parameters
   sharded over ``fsdp``. They read your own data: webdataset shards (``data.shards``) and a local
@@ -77,6 +84,10 @@ Keys (every preset has all of them; ``jaxalign.tasks.clip.ClipConfig`` and the g
   (per split; 0: the whole split).
 - ``mesh``: ``data``, ``fsdp``, ``tensor`` axis sizes; ``-1`` (at most one axis) takes the devices
   the others leave.
+- ``adapt`` (task ``clip_adapt`` only): ``method`` (``none`` | ``mmd`` | ``dann``), ``weight``
+  (of the domain term), ``target_split`` (unlabelled target images; only the image is read),
+  ``target_zeroshot_split`` (labelled target split for zero-shot; ``""``: off),
+  ``discriminator_hidden`` (DANN's discriminator width).
 """
 
 from __future__ import annotations
@@ -89,7 +100,18 @@ from ml_collections import config_dict
 from jaxalign import config as config_lib
 from jaxalign.data.builtin import shapes_captions
 
-PRESETS: tuple[str, ...] = ("demo", "tiny", "siglip_demo", "vit_b32", "vit_b16", "vit_l14")
+PRESETS: tuple[str, ...] = (
+    "demo",
+    "tiny",
+    "siglip_demo",
+    "vit_b32",
+    "vit_b16",
+    "vit_l14",
+    "demo_adapt_none",
+    "demo_adapt_mmd",
+    "demo_adapt_dann",
+    "tiny_adapt",
+)
 
 CLIP_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 SIGLIP_LOGIT_SCALE, SIGLIP_LOGIT_BIAS = math.log(10.0), -10.0  # the SigLIP paper's init
@@ -196,6 +218,19 @@ def tiny(config: ml_collections.ConfigDict) -> None:
     config.evals.max_examples = 32
 
 
+def adapt(config: ml_collections.ConfigDict, method: str) -> None:
+    """Task ``clip_adapt``: the demo plus ``method``'s term on the image embeddings of
+    shapes_captions' outline domain (``outline_train``, unlabelled), zero-shot on its
+    ``outline_test`` (the test scenes drawn as outlines)."""
+    config.task = "clip_adapt"
+    config.adapt = ml_collections.ConfigDict()
+    config.adapt.method = method
+    config.adapt.weight = 1.0  # fixed before any run: the two losses' sizes are alike
+    config.adapt.target_split = "outline_train" if method != "none" else ""
+    config.adapt.target_zeroshot_split = "outline_test"
+    config.adapt.discriminator_hidden = 256
+
+
 def siglip(config: ml_collections.ConfigDict) -> None:
     """The sigmoid loss with the SigLIP paper's initial temperature and bias."""
     config.objective.loss = "siglip"
@@ -269,4 +304,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         siglip(config)
     elif preset in ("vit_b32", "vit_b16", "vit_l14"):
         real(config, preset)
+    elif preset.startswith("demo_adapt_"):
+        adapt(config, preset.removeprefix("demo_adapt_"))
+    elif preset == "tiny_adapt":
+        tiny(config)
+        adapt(config, "mmd")
     return config

@@ -8,11 +8,13 @@ from jaxalign.tasks.adapt import AdaptTask
 from jaxalign.tasks.base import TASKS, ParamGroup, Task, get_task, register_task
 from jaxalign.tasks.classify import ClassifyTask
 from jaxalign.tasks.clip import ClipTask
+from jaxalign.tasks.clip_adapt import ClipAdaptTask
 
 __all__ = [
     "TASKS",
     "AdaptTask",
     "ClassifyTask",
+    "ClipAdaptTask",
     "ClipTask",
     "ParamGroup",
     "Task",

@@ -353,14 +353,15 @@ class ClipTask(Task):
         return jax.jit(encode_text, out_shardings=NamedSharding(self.mesh, PartitionSpec()))
 
     def _embed_split(
-        self, params: Any, split: str, eval_name: str, progress: bool
+        self, params: Any, split: str, eval_name: str, progress: bool, key: str = ""
     ) -> dict[str, np.ndarray]:
         """``{"image": [n, embed], "text": [n, embed]}`` (+ ``"label"`` for zero-shot) of the
-        first ``evals.max_examples`` of ``split`` (all when 0), embedded sharded over the mesh."""
+        first ``evals.max_examples`` of ``split`` (all when 0), embedded sharded over the mesh;
+        ``key`` names the split's config key (default ``evals.<eval_name>_split``)."""
         ev = self.config.evals
         label = eval_name == "zeroshot"
         pipeline = images.eval_pipeline(
-            self.source(split, key=f"evals.{eval_name}_split", limit=ev.max_examples),
+            self.source(split, key=key or f"evals.{eval_name}_split", limit=ev.max_examples),
             self.config,
             self.transform(train=False, label=label),
         )
@@ -382,18 +383,26 @@ class ClipTask(Task):
         ev, params = self.config.evals, variables["params"]
         results: dict[str, float] = {}
         if ev.zeroshot_split:
-            out = self._embed_split(params, ev.zeroshot_split, "zeroshot", progress)
-            names = self.dataset.class_names(ev.zeroshot_split, key="evals.zeroshot_split")
-            with activation_context(self.mesh):
-                classes = evals.class_text_embeddings(
-                    functools.partial(self._encode_text_fn, params),
-                    self.tokenizer.encode_batch,
-                    names,
-                    ev.templates,
-                    batch_size=ev.batch_size,
-                )
-            results.update(evals.zeroshot_accuracy(out["image"], out["label"], classes))
+            results.update(self.zeroshot(params, ev.zeroshot_split, progress=progress))
         if ev.retrieval_split:
             out = self._embed_split(params, ev.retrieval_split, "retrieval", progress)
             results.update(evals.retrieval_recall(out["image"], out["text"]))
         return results
+
+    def zeroshot(
+        self, params: Any, split: str, *, key: str = "evals.zeroshot_split", progress: bool = False
+    ) -> dict[str, float]:
+        """Zero-shot top-1 / top-5 (and the chance rate) of ``split``'s images among the names
+        of its ``label`` classes put into ``evals.templates`` (``key``: the split's config key)."""
+        ev = self.config.evals
+        out = self._embed_split(params, split, "zeroshot", progress, key=key)
+        names = self.dataset.class_names(split, key=key)
+        with activation_context(self.mesh):
+            classes = evals.class_text_embeddings(
+                functools.partial(self._encode_text_fn, params),
+                self.tokenizer.encode_batch,
+                names,
+                ev.templates,
+                batch_size=ev.batch_size,
+            )
+        return evals.zeroshot_accuracy(out["image"], out["label"], classes)

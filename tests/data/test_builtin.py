@@ -32,7 +32,13 @@ from jaxalign.data.builtin import shapes_captions as sc
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ("shapes_captions", "digits_domains")
-SHAPES_COUNTS = {"train": 4096, "validation": 512, "test": 512}
+SHAPES_COUNTS = {
+    "train": 4096,
+    "validation": 512,
+    "test": 512,
+    "outline_train": 2048,
+    "outline_test": 512,
+}
 
 _REBUILD = """
 import sys, time
@@ -103,7 +109,7 @@ def test_two_builds_are_byte_identical(built: Path, rebuilt: Path):
         files_a = sorted(p.relative_to(built) for p in (built / name).rglob("*") if p.is_file())
         files_b = sorted(p.relative_to(rebuilt) for p in (rebuilt / name).rglob("*") if p.is_file())
         assert files_a == files_b
-        assert sum(".array_record-" in p.name for p in files_a) == (9 if name == NAMES[1] else 3)
+        assert sum(".array_record-" in p.name for p in files_a) == (9 if name == NAMES[1] else 5)
         for rel in files_a:
             assert (built / rel).read_bytes() == (rebuilt / rel).read_bytes(), rel
 
@@ -111,7 +117,7 @@ def test_two_builds_are_byte_identical(built: Path, rebuilt: Path):
 def test_shapes_captions_reads_back_consistently(built: Path):
     source = tfds.data_source("shapes_captions", data_dir=built)
     assert {split: len(ds) for split, ds in source.items()} == SHAPES_COUNTS
-    builder = tfds.builder_from_directory(str(built / "shapes_captions" / "default" / "2.0.0"))
+    builder = tfds.builder_from_directory(str(built / "shapes_captions" / "default" / "3.0.0"))
     class_names = builder.info.features["label"].names
     assert class_names == list(sc.CLASS_NAMES)
     for split, ds in source.items():
@@ -158,6 +164,25 @@ def test_shapes_examples_do_not_depend_on_generation_order(built: Path):
         ex = sc.make_example(seed=0, split="validation", index=index, image_size=64)
         np.testing.assert_array_equal(_png(ex["image"]), ds[index]["image"])
         assert ex["caption"] == ds[index]["caption"].decode()
+
+
+def test_outline_domain_draws_the_test_scenes_as_outlines(built: Path):
+    source = tfds.data_source("shapes_captions", data_dir=built)
+    test, outline = source["test"], source["outline_test"]
+    for i in range(0, len(test), 37):
+        a, b = test[i], outline[i]
+        for key in ("caption", "label", "colour", "shape", "position", "index"):
+            assert a[key] == b[key], key  # the same scene
+        assert b["image"].shape == a["image"].shape
+        # Filled shapes on a flat background vs outlines on stripes and noise: busier images.
+        assert (
+            np.abs(np.diff(b["image"].astype(int), axis=1)).mean()
+            > 3 * np.abs(np.diff(a["image"].astype(int), axis=1)).mean()
+        )
+    held_out = {f"{c} {s}" for c, s in sc.HELD_OUT_COMBOS}
+    train_names = {sc.CLASS_NAMES[source["outline_train"][i]["label"]] for i in range(0, 2048, 7)}
+    assert train_names and not train_names & held_out  # the target stream: training pairs only
+    assert source["outline_train"][0]["caption"] != source["train"][0]["caption"]  # own scenes
 
 
 def test_digits_domains_reads_back_consistently(built: Path):
@@ -247,6 +272,8 @@ def test_options_build_a_separate_variant(tmp_path: Path):
         "train": 16,
         "validation": 4,
         "test": 4,
+        "outline_train": 8,
+        "outline_test": 4,
     }
     assert source["train"][0]["image"].shape == (32, 32, 3)
     assert (

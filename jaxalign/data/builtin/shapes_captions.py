@@ -20,9 +20,16 @@ Compositional generalisation: the (colour, shape) pairs in ``HELD_OUT_COMBOS`` n
 ``train`` or ``validation`` splits; the ``test`` split holds only those pairs. Every colour and
 every shape on its own still appears in training.
 
+A second domain, for adaptation: the ``outline_*`` splits draw scenes as outlines (no fill) on
+a textured background (stripes and per-pixel noise); captions and labels as in the filled
+domain. ``outline_train`` holds ``num_train // 2`` scenes of its own (the training pairs; for
+an unlabelled target stream), ``outline_test`` the ``test`` split's very scenes (same captions,
+labels and places), so zero-shot accuracy on the two test splits compares the domains alone.
+
 Determinism: example ``i`` of split ``s`` is drawn from ``np.random.default_rng([seed,
-SPLIT_IDS[s], i])`` alone, and records are written in index order with a deterministic proto
-serialisation (``DeterministicExampleWriter``), so two builds give byte-identical files.
+SPLIT_IDS[s], i])`` alone (``s`` the split whose scenes it draws; an outline's texture from
+``[seed, SPLIT_IDS[s], i, 1]``), and records are written in index order with a deterministic
+proto serialisation (``DeterministicExampleWriter``), so two builds give byte-identical files.
 """
 
 from __future__ import annotations
@@ -97,7 +104,10 @@ TEMPLATES: tuple[str, ...] = (
     "there {be} {n} {size} {colour} {shapes} {prep} the {position}",
     "a picture of {n} {size} {colour} {shapes} {prep} the {position}",
 )
-SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
+SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1, "test": 2, "outline_train": 3}
+# The outline domain's splits and the split whose scenes each draws.
+OUTLINE_SCENES: dict[str, str] = {"outline_train": "outline_train", "outline_test": "test"}
+TEXTURE_STRIPES, TEXTURE_NOISE = 30.0, 30.0  # amplitudes, in grey levels of 0..255
 
 # Radii as fractions of the image side; shapes of one example share the size (+-8% jitter).
 _RADIUS = {"small": 0.13, "large": 0.2}
@@ -240,8 +250,16 @@ def _centres(
     return centres
 
 
-def render(rng: np.random.Generator, scene: Scene, image_size: int) -> np.ndarray:
-    """Draws ``scene`` -> [image_size, image_size, 3] uint8 (anti-aliased by supersampling)."""
+def render(
+    rng: np.random.Generator,
+    scene: Scene,
+    image_size: int,
+    texture: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Draws ``scene`` -> [image_size, image_size, 3] uint8 (anti-aliased by supersampling);
+    with ``texture``, the outline domain: outlines on a background of stripes and noise drawn
+    from ``texture`` (``rng`` is read exactly as for the filled domain, so the scene's shapes,
+    colours and places are the same)."""
     background = tuple(int(v) for v in rng.integers(15, 95) + rng.integers(-10, 11, size=3))
     jitter = rng.integers(-15, 16, size=3)
     fill = tuple(
@@ -255,22 +273,44 @@ def render(rng: np.random.Generator, scene: Scene, image_size: int) -> np.ndarra
     canvas = PIL.Image.new("RGB", (image_size * k, image_size * k), background)
     draw = PIL.ImageDraw.Draw(canvas)
     shape = SHAPES[scene.shape]
+    width = 0 if texture is None else k * max(1, round(image_size / 24))
+    paint = {"fill": fill} if texture is None else {"outline": fill, "width": width}
     for cx, cy in centres:
         cx, cy, r = cx * k, cy * k, radius * k
         if shape == "circle":
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), **paint)
         else:
-            draw.polygon(_polygon(shape, cx, cy, r), fill=fill)
+            draw.polygon(_polygon(shape, cx, cy, r), **paint)
     canvas = canvas.resize((image_size, image_size), PIL.Image.Resampling.BOX)
-    return np.asarray(canvas, dtype=np.uint8)
+    image = np.asarray(canvas, dtype=np.uint8)
+    return image if texture is None else _textured(texture, image, background)
+
+
+def _textured(rng: np.random.Generator, image: np.ndarray, background: tuple) -> np.ndarray:
+    """Adds stripes (a random angle and period) and per-pixel noise to the background of an
+    outline image, leaving the outlines as drawn."""
+    size = image.shape[0]
+    angle, period = rng.uniform(0, np.pi), rng.uniform(4, 12)
+    y, x = np.mgrid[0:size, 0:size]
+    stripes = TEXTURE_STRIPES * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period)
+    noise = rng.normal(0.0, TEXTURE_NOISE, size=(size, size, 3))
+    base = np.asarray(background, np.float64)
+    away = np.abs(image.astype(np.float64) - base).sum(-1) / 3  # 0 on pure background
+    weight = np.clip(1 - away / 40.0, 0, 1)[..., None]  # texture fades out on the outlines
+    out = image + weight * (stripes[..., None] + noise)
+    return np.clip(out, 0, 255).round().astype(np.uint8)
 
 
 def make_example(seed: int, split: str, index: int, image_size: int) -> dict[str, Any]:
     """Example ``index`` of ``split``: a dict of the builder's features (image as PNG bytes)."""
-    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
-    combos = HELD_OUT_COMBOS if split == "test" else TRAIN_COMBOS
+    scenes = OUTLINE_SCENES.get(split, split)
+    rng = np.random.default_rng([seed, SPLIT_IDS[scenes], index])
+    combos = HELD_OUT_COMBOS if scenes == "test" else TRAIN_COMBOS
     scene = sample_scene(rng, combos)
-    image = render(rng, scene, image_size)
+    texture = None
+    if split in OUTLINE_SCENES:
+        texture = np.random.default_rng([seed, SPLIT_IDS[scenes], index, 1])
+    image = render(rng, scene, image_size, texture)
     return {
         "image": encode_png(image),
         "caption": caption(scene),
@@ -327,10 +367,11 @@ def make_config(**options: int) -> ShapesCaptionsConfig:
 class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
     """Coloured shapes with compositional captions; test split = held-out (colour, shape) pairs."""
 
-    VERSION = tfds.core.Version("2.0.0")
+    VERSION = tfds.core.Version("3.0.0")
     RELEASE_NOTES = {  # noqa: RUF012 (tfds class attribute)
         "1.0.0": "First release.",
         "2.0.0": "Large shapes, one per quadrant; counts 1 and 2; positions by count.",
+        "3.0.0": "The outline domain: outline_train and outline_test (the test scenes).",
     }
     BUILDER_CONFIGS = [DEFAULT_CONFIG]  # noqa: RUF012 (tfds class attribute)
 
@@ -377,6 +418,8 @@ class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
             "train": config.num_train,
             "validation": config.num_validation,
             "test": config.num_test,
+            "outline_train": config.num_train // 2,
+            "outline_test": config.num_test,
         }
         return {split: self._generate_examples(split, n) for split, n in sizes.items()}
 
