@@ -24,64 +24,14 @@ over the seeds, ``mean +- t_{0.975, n-1} * std / sqrt(n)``.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import statistics
-import subprocess
-import sys
-import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from study_runs import cell, publish, train  # benchmarks/, the script's own folder
+
 METHODS = ("source_only", "dann", "mmd", "coral", "train_on_target")
 VALIDATORS = ("neg_entropy", "info_max", "snd", "bnm", "confidence")
 MAIN_RULES = ("last", "source_validation")
-
-
-def _summary(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "summary.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        summary = json.load(f)
-    return summary if summary.get("stopped") is None and "select/last/step" in summary else None
-
-
-def _run(preset: str, workdir: str, seed: int, overrides: list[str]) -> float:
-    command = [
-        sys.executable,
-        "-m",
-        "jaxalign",
-        "train",
-        f"--config={ROOT}/configs/adapt_digits.py:{preset}",
-        f"--workdir={workdir}",
-        f"--config.seed={seed}",
-        *[f"--config.{o}" for o in overrides],
-    ]
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
-    if result.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
-
-
-def interval(values: list[float]) -> tuple[float, float, float, float]:
-    """``(mean, std, low, high)``: the 95% Student-t interval of the mean (``nan`` spread for
-    one value)."""
-    from scipy import stats
-
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return mean, math.nan, math.nan, math.nan
-    std = statistics.stdev(values)
-    half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
-    return mean, std, mean - half, mean + half
-
-
-def _cell(values: list[float]) -> str:
-    mean, std, low, high = interval([100 * v for v in values])
-    return f"{mean:.1f} ± {std:.1f} [{low:.1f}, {high:.1f}]"
 
 
 def table(results: dict, methods, targets) -> str:
@@ -102,7 +52,7 @@ def table(results: dict, methods, targets) -> str:
         for method in methods:
             runs = results[(method, target)]
             cells = [
-                _cell([s[f"select/{rule}/target_test_top1"] for s in runs])
+                cell([s[f"select/{rule}/target_test_top1"] for s in runs])
                 for rule in (*MAIN_RULES, best, "oracle")
             ]
             lines.append(f"| source -> {target} | {method} | " + " | ".join(cells) + " |")
@@ -136,21 +86,16 @@ def main() -> None:
             results[(method, target)] = []
             for seed in seeds:
                 workdir = os.path.join(args.workdir, f"{method},{target}", f"seed{seed}")
-                summary = _summary(workdir)
-                if summary is None:
-                    seconds = _run(f"{method},{target}", workdir, seed, args.override)
-                    summary = _summary(workdir)
-                    print(
-                        f"[{done + 1}/{total}] {method},{target} seed {seed}: {seconds:.0f} s",
-                        flush=True,
-                    )
+                spec = f"configs/adapt_digits.py:{method},{target}"
+                summary = train(spec, workdir, seed, args.override)
                 done += 1
+                print(
+                    f"[{done}/{total}] {method},{target} seed {seed}: {summary['wall_s']:.0f} s",
+                    flush=True,
+                )
                 results[(method, target)].append(summary)
     report = table(results, methods, targets)
-    print(report)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(report)
+    publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""CLIP adapted to shapes_captions' outline domain: zero-shot on both domains' test scenes, with
+and without the adaptation term, over seeds.
+
+For each preset of ``--presets`` (``configs/clip.py:demo_adapt_none``, ``..._mmd``,
+``..._dann``) and each seed, one run in ``WORKDIR/<preset>/seed<k>`` (finished runs skipped,
+extra ``--override``s to every run). Every run trains the CLIP demo on the filled-shape
+training pairs; the MMD / DANN runs also read the unlabelled ``outline_train`` images. Each is
+scored at its last step (no selection) by zero-shot top-1 on ``test`` (the source domain: the
+held-out colour-shape pairs) and on ``outline_test`` (the same scenes drawn as outlines on
+textured backgrounds). Per cell: mean ± std [95% Student-t interval] over the seeds, and each
+method's difference to ``none`` paired by seed.
+
+    python benchmarks/clip_adapt_shapes.py --workdir=runs/clip_adapt --seeds=0,1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from study_runs import cell, publish, train  # benchmarks/, the script's own folder
+
+SOURCE, TARGET = "eval/zeroshot_top1", "eval/target/zeroshot_top1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--presets", default="none,mmd")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--override", action="append", default=[], help="KEY=VALUE, every run")
+    parser.add_argument("--out", help="also write the Markdown table here")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results: dict[str, list[dict]] = {}
+    for method in args.presets.split(","):
+        results[method] = []
+        for seed in seeds:
+            workdir = os.path.join(args.workdir, f"demo_adapt_{method}", f"seed{seed}")
+            summary = train(f"configs/clip.py:demo_adapt_{method}", workdir, seed, args.override)
+            print(f"{method} seed {seed}: {summary['wall_s']:.0f} s", flush=True)
+            results[method].append(summary)
+    lines = [
+        "Zero-shot top-1 (%) at the last step, mean ± std [95% t-interval] over seeds "
+        f"{args.seeds}:",
+        "",
+        "| method | source (test) | target (outline_test) | target - none, paired |",
+        "|---|---|---|---|",
+    ]
+    base = results.get("none")
+    for method, runs in results.items():
+        gain = "-"
+        if base is not None and method != "none":
+            gain = cell([r[TARGET] - b[TARGET] for r, b in zip(runs, base, strict=True)])
+        source, target = cell([r[SOURCE] for r in runs]), cell([r[TARGET] for r in runs])
+        lines.append(f"| {method} | {source} | {target} | {gain} |")
+    report = "\n".join(lines) + "\n"
+    publish(report, args.out)
+
+
+if __name__ == "__main__":
+    main()
