@@ -25,14 +25,29 @@ from jaxalign.parallel import make_mesh
 from jaxalign.tasks import get_task
 from jaxalign.train_lib.metric_writers import read_metrics
 from jaxalign.train_lib.workdir import open_workdir
-from tests.trainer_child import losses, plant_nan, wrap_clip_stream
+from tests.trainer_child import (
+    cache_env,
+    compilation_cache,
+    compilation_cache_dir,
+    losses,
+    plant_nan,
+    wrap_clip_stream,
+)
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "clip.py")
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CONFIG = os.path.join(ROOT, "configs", "clip.py")
 
 
 @pytest.fixture(scope="module")
 def data_dir(shapes_data_dir):
     return shapes_data_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache():
+    """Runs of the same config load the programs an earlier run compiled (tests/trainer_child)."""
+    with compilation_cache():
+        yield
 
 
 def _args(workdir, data_dir, **overrides):
@@ -79,7 +94,9 @@ def test_all_bad_data_stops_the_run_naming_the_shard(data_dir, tmp_path, capsys)
     shard = _shard(tmp_path / "bad.tar", good=0, bad=20)
     workdir = tmp_path / "run"
     started = time.perf_counter()
-    code = cli.main(["train", *_args(workdir, data_dir, **_webdataset(shard, data_dir))])
+    # 3 steps (none is run): the step compiled here is the one the skipped-examples test runs.
+    overrides = {**_webdataset(shard, data_dir), "train.steps": 3}
+    code = cli.main(["train", *_args(workdir, data_dir, **overrides)])
     assert code == 2 and time.perf_counter() - started < 120
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("error: 50 examples in a row"), err
@@ -259,11 +276,11 @@ def test_a_second_run_on_a_live_runs_directory_is_refused(data_dir, tmp_path, ca
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-# 8. A full disk, Ctrl-C while compiling: one line each, nothing torn.
+# 8. Ctrl-C while compiling, a full disk: one line each, nothing torn.
 
 
-def _child(code, args):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+def _child(code, args, cache):
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **cache}
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
@@ -272,28 +289,6 @@ def _child(code, args):
         env=env,
         check=False,
     )
-
-
-def test_failed_saves_are_reported_at_once_and_stop_the_run(data_dir, tmp_path):
-    code = textwrap.dedent(
-        """
-        import resource, signal, sys
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails: EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))  # a disk that is full
-        from jaxalign import cli
-        sys.exit(cli.main(["train", *sys.argv[1:]]))
-        """
-    )
-    overrides = {"train.steps": 8, "train.checkpoint_every": 1, "train.max_failed_saves": 2}
-    result = _child(code, _args(tmp_path / "run", data_dir, **overrides))
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    failed = [line for line in result.stdout.splitlines() if "could not be saved" in line]
-    assert [line.split()[2] for line in failed] == ["1", "2"], result.stdout
-    assert "File too large" in failed[0]
-    error = [line for line in result.stderr.splitlines() if line.strip()]
-    assert error == [error[0]] and "2 checkpoint saves in a row failed" in error[0], error
-    assert not os.listdir(tmp_path / "run" / "checkpoints")  # no partial write left
 
 
 def test_ctrl_c_while_compiling_stops_cleanly(data_dir, tmp_path):
@@ -309,10 +304,39 @@ def test_ctrl_c_while_compiling_stops_cleanly(data_dir, tmp_path):
         cli.run()
         """
     )
-    result = _child(code, ["train", *_args(tmp_path / "run", data_dir)])
+    # 8 steps (none is run): the programs compiled here are the full-disk test's, next.
+    args = _args(tmp_path / "run", data_dir, **{"train.steps": 8})
+    result = _child(code, ["train", *args], cache_env())
     assert result.returncode == 143, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert "stopped by SIGINT at step 0" in result.stderr
+
+
+def test_failed_saves_are_reported_at_once_and_stop_the_run(data_dir, tmp_path):
+    code = textwrap.dedent(
+        """
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails: EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))  # a disk that is full
+        from jaxalign import cli
+        sys.exit(cli.main(["train", *sys.argv[1:]]))
+        """
+    )
+    overrides = {"train.steps": 8, "train.checkpoint_every": 1, "train.max_failed_saves": 2}
+    # The compilation cache read only (no entry is ever written: a write would fail here too).
+    read_only = {
+        "JAX_COMPILATION_CACHE_DIR": compilation_cache_dir(),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1000000",
+    }
+    result = _child(code, _args(tmp_path / "run", data_dir, **overrides), read_only)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    failed = [line for line in result.stdout.splitlines() if "could not be saved" in line]
+    assert [line.split()[2] for line in failed] == ["1", "2"], result.stdout
+    assert "File too large" in failed[0]
+    error = [line for line in result.stderr.splitlines() if line.strip()]
+    assert error == [error[0]] and "2 checkpoint saves in a row failed" in error[0], error
+    assert not os.listdir(tmp_path / "run" / "checkpoints")  # no partial write left
 
 
 # 3, 4, 8 and the acceptance: a user error is one line and exit status 2, never a traceback.
@@ -352,9 +376,9 @@ USER_ERRORS = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(USER_ERRORS))
-def test_a_user_error_is_one_line_and_exit_status_2(case, tmp_path, data_dir):
-    head, overrides, expected = USER_ERRORS[case]
+def _user_error_args(case, tmp_path, data_dir):
+    """The command line of ``jaxalign train`` for ``case``, its work directory made first."""
+    head, overrides, _ = USER_ERRORS[case]
     workdir = {
         "file": lambda: (tmp_path / "f.txt").write_text("x") and str(tmp_path / "f.txt"),
         "foreign": lambda: _foreign(tmp_path),
@@ -363,16 +387,83 @@ def test_a_user_error_is_one_line_and_exit_status_2(case, tmp_path, data_dir):
     args = [f"--config={CONFIG}:tiny", f"--workdir={workdir}"]
     if isinstance(head, list):
         args = [*head, *[a for a in args if a.split("=")[0] not in {h.split("=")[0] for h in head}]]
-    args += [f"--config.data.data_dir={data_dir}", *overrides]
-    result = subprocess.run(
-        [sys.executable, "-m", "jaxalign", "train", *args],
+    return [*args, f"--config.data.data_dir={data_dir}", *overrides]
+
+
+# Runs each case as `python -m jaxalign train ARGS` does (runpy, as __main__), one after the
+# other in one process: its own stdout and stderr files (file descriptors 1 and 2, so output
+# from C++ as well), its exit status as the interpreter would give it, and the warnings
+# registry invalidated first so a warning shows in each case it is raised in, as it would in a
+# fresh process. Nothing is imported before the first case.
+USER_ERROR_CHILD = textwrap.dedent(
+    """
+    import json, os, runpy, sys, traceback, warnings
+    cases, out = json.loads(sys.argv[1]), sys.argv[2]
+    results = {}
+    for number, (case, args) in enumerate(cases.items()):
+        err_path, out_path = (os.path.join(out, f"{number}.{name}") for name in ("err", "out"))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        kept = os.dup(1), os.dup(2)
+        with open(out_path, "wb") as stdout, open(err_path, "wb") as stderr:
+            os.dup2(stdout.fileno(), 1)
+            os.dup2(stderr.fileno(), 2)
+            sys.argv = ["-m", "train", *args]
+            code = 0
+            with warnings.catch_warnings():
+                try:
+                    runpy.run_module("jaxalign", run_name="__main__", alter_sys=True)
+                except SystemExit as exit:
+                    if isinstance(exit.code, int) or exit.code is None:
+                        code = exit.code or 0
+                    else:
+                        print(exit.code, file=sys.stderr)
+                        code = 1
+                except BaseException:
+                    traceback.print_exc()
+                    code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(kept[0], 1)
+            os.dup2(kept[1], 2)
+        for fd in kept:
+            os.close(fd)
+        with open(err_path) as stderr:
+            results[case] = {"returncode": code, "stderr": stderr.read()}
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def user_errors(data_dir, tmp_path_factory):
+    """Every case of USER_ERRORS run as `python -m jaxalign train ...` in one child process (one
+    interpreter start and one import of jax, not ten): ``{case: {"returncode", "stderr"}}``."""
+    cases = {
+        case: _user_error_args(case, tmp_path_factory.mktemp("user_error"), data_dir)
+        for case in sorted(USER_ERRORS)
+    }
+    out = tmp_path_factory.mktemp("user_error_output")
+    child = subprocess.run(
+        [sys.executable, "-c", USER_ERROR_CHILD, json.dumps(cases), str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
-        cwd=os.path.join(os.path.dirname(__file__), ".."),
+        timeout=120 * len(cases),
+        cwd=ROOT,
         check=False,
     )
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    # Each case's output went to its own files: anything here came from none of them (a crash,
+    # or noise at interpreter shutdown, which a process per case would have shown in each).
+    assert child.returncode == 0 and not child.stderr.strip(), child.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize("case", sorted(USER_ERRORS))
+def test_a_user_error_is_one_line_and_exit_status_2(case, user_errors):
+    expected = USER_ERRORS[case][2]
+    result = user_errors[case]
+    lines = [line for line in result["stderr"].splitlines() if line.strip()]
+    assert result["returncode"] == 2, result["stderr"][-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result["stderr"]
     assert expected in lines[0], lines[0]

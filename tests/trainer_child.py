@@ -6,12 +6,60 @@ train``; a few lines of code in the child send the signal when the step is logge
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 from jaxalign.train_lib.metric_writers import read_metrics
+
+_CACHE_DIR: list[str] = []
+
+
+def compilation_cache_dir() -> str:
+    """A persistent XLA compilation cache shared by this test session's trainer runs (in the
+    test process and in children), removed when the session ends. Compiling the tiny presets'
+    step and evals takes most of a test run's time on CPU; a run whose programs are the same
+    as an earlier one's (same config, same devices) loads them instead. An executable is only
+    read back for the identical program, compile options and devices, so what runs is what a
+    fresh compile would have produced."""
+    if not _CACHE_DIR:
+        path = tempfile.mkdtemp(prefix="jaxalign-tests-xla-cache-")
+        atexit.register(shutil.rmtree, path, True)
+        _CACHE_DIR.append(path)
+    return _CACHE_DIR[0]
+
+
+def cache_env() -> dict[str, str]:
+    """The environment that makes a child process use ``compilation_cache_dir()``."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": compilation_cache_dir(),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+
+
+@contextlib.contextmanager
+def compilation_cache():
+    """``compilation_cache_dir()`` for the compilations in this process while the block runs
+    (a test module's fixture); the previous settings afterwards."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache as cache
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    before = {name: getattr(jax.config, name) for name in names}
+    jax.config.update("jax_compilation_cache_dir", compilation_cache_dir())
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    cache.reset_cache()
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+        cache.reset_cache()
 
 
 def run_trainer(
@@ -25,9 +73,9 @@ def run_trainer(
     timeout=300,
 ):
     """``jaxalign train --config=spec --workdir=workdir *overrides`` in a subprocess on one CPU
-    device; with ``signal_at`` the child sends itself ``signal_name`` as soon as that step's
-    metrics are written (once the asynchronous checkpoint ``after_checkpoint`` is complete on
-    disk, if given)."""
+    device, sharing the session's compilation cache; with ``signal_at`` the child sends itself
+    ``signal_name`` as soon as that step's metrics are written (once the asynchronous
+    checkpoint ``after_checkpoint`` is complete on disk, if given)."""
     code = "import sys\nfrom jaxalign import cli\n"
     if signal_at is not None:
         done = os.path.join(workdir, "checkpoints", str(after_checkpoint))
@@ -49,7 +97,7 @@ def run_trainer(
             """
         )
     code += "sys.exit(cli.main(['train', *sys.argv[1:]]))\n"
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **cache_env()}
     return subprocess.run(
         [sys.executable, "-c", code, f"--config={spec}", f"--workdir={workdir}", *overrides],
         capture_output=True,

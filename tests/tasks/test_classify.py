@@ -14,13 +14,20 @@ import pytest
 from jaxalign import config as config_lib
 from jaxalign import train
 from jaxalign.train_lib.checkpoint import Checkpointer
-from tests.trainer_child import losses
+from tests.trainer_child import compilation_cache, losses
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLIP = str(ROOT / "configs" / "clip.py")
 CLASSIFY = str(ROOT / "configs" / "classify.py")
 # The CLIP run's image tower, shrunk; the classifiers below must name the same fields.
 TOWER = {"model.image.channels": "(8, 16)", "model.image.features": "32"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compilation_cache():
+    """Runs of the same config load the programs an earlier run compiled (tests/trainer_child)."""
+    with compilation_cache():
+        yield
 
 
 @pytest.fixture(scope="module")
