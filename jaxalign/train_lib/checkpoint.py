@@ -127,6 +127,7 @@ class Checkpointer:
         self._failures: list[str] = []  # failed saves not yet reported by check_saves
         self.skipped: list[str] = []  # what the last restore_part passed over
         self.failed_in_a_row = 0  # saves that failed since the last one that succeeded
+        self._failed_steps: list[int | None] = []  # steps whose save failed (partial writes)
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(STATE, DATA)
         )
@@ -315,17 +316,27 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as error:
             self.failed_in_a_row += 1
-            if jax.process_index() == 0:
-                for name in os.listdir(self.directory):
-                    if name.startswith(f"{step}.") and "tmp" in name:
-                        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            self._failed_steps.append(step)
+            self._remove_partial_writes()
             self._manager.reload()
             return f"checkpoint {step} could not be saved in {self.directory}: {_short(error)}"
         if step is not None:
             self.failed_in_a_row = 0
         return None
 
+    def _remove_partial_writes(self) -> None:
+        """Deletes the temporary directories of failed saves (process 0)."""
+        if jax.process_index() != 0:
+            return
+        for name in os.listdir(self.directory):
+            if "tmp" in name and any(name.startswith(f"{s}.") for s in self._failed_steps):
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
     def close(self) -> None:
-        """Waits for the last save (a failure is kept for ``check_saves``) and closes."""
+        """Waits for the last save (a failure is kept for ``check_saves``) and closes; the
+        partial writes of failed saves are removed again once orbax's writer threads have
+        stopped (a thread may still have been writing when ``wait`` first removed them)."""
         self._note(self.wait())
         self._manager.close()
+        if self._failed_steps:
+            self._remove_partial_writes()

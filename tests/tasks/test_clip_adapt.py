@@ -41,7 +41,7 @@ def test_without_the_term_it_is_the_clip_task(shapes_data_dir, tmp_path):
 
 @pytest.mark.parametrize("method", ["mmd", "dann"])
 def test_one_device_equals_eight(method, shapes_data_dir, tmp_path):
-    overrides = {"adapt.method": method, "evals.retrieval_split": "''", "train.steps": 6}
+    overrides = {"adapt.method": method, "evals.retrieval_split": "''", "train.steps": 4}
     one = train.train_and_evaluate(
         _load(shapes_data_dir, **overrides), tmp_path / "one", devices=jax.devices()[:1]
     )
@@ -49,11 +49,11 @@ def test_one_device_equals_eight(method, shapes_data_dir, tmp_path):
         _load(shapes_data_dir, **overrides, **{"mesh.data": 2, "mesh.fsdp": 4}), tmp_path / "eight"
     )
     a, b = losses(tmp_path / "one"), losses(tmp_path / "eight")
-    assert sorted(a) == list(range(1, 7))
+    assert sorted(a) == list(range(1, 5))
     np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-5, atol=1e-6)
     rows = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").open()]
     terms = [row["domain_term"] for row in rows if "domain_term" in row]
-    assert len(terms) == 6 and all(np.isfinite(terms))
+    assert len(terms) == 4 and all(np.isfinite(terms))
     for key in ("eval/target/zeroshot_top1", "eval/zeroshot_top1"):
         assert one[key] == pytest.approx(eight[key], abs=1e-6), key
 
