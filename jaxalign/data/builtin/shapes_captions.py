@@ -22,9 +22,10 @@ every shape on its own still appears in training.
 
 A second domain, for adaptation: the ``outline_*`` splits draw scenes as outlines (no fill) on
 a textured background (stripes and per-pixel noise); captions and labels as in the filled
-domain. ``outline_train`` holds ``num_train // 2`` scenes of its own (the training pairs; for
-an unlabelled target stream), ``outline_test`` the ``test`` split's very scenes (same captions,
-labels and places), so zero-shot accuracy on the two test splits compares the domains alone.
+domain. ``outline_train`` holds ``max(1, num_train // 2)`` scenes of its own (the training
+pairs; for an unlabelled target stream), ``outline_test`` the ``test`` split's very scenes
+(same captions, labels and places), so zero-shot accuracy on the two test splits compares the
+domains alone.
 
 Determinism: example ``i`` of split ``s`` is drawn from ``np.random.default_rng([seed,
 SPLIT_IDS[s], i])`` alone (``s`` the split whose scenes it draws; an outline's texture from
@@ -418,7 +419,7 @@ class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
             "train": config.num_train,
             "validation": config.num_validation,
             "test": config.num_test,
-            "outline_train": config.num_train // 2,
+            "outline_train": max(1, config.num_train // 2),
             "outline_test": config.num_test,
         }
         return {split: self._generate_examples(split, n) for split, n in sizes.items()}
