@@ -54,12 +54,10 @@ from jaxalign.objectives import domain
 from jaxalign.schema import (
     ConfigError,
     Count,
-    ExperimentConfig,
     Group,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
-    shard_problems,
 )
 from jaxalign.tasks import images
 from jaxalign.tasks.base import ParamGroup, Task, register_task
@@ -110,7 +108,7 @@ class AdaptEvals(Group):
     max_examples: Count
 
 
-class AdaptConfig(ExperimentConfig):
+class AdaptConfig(images.ImageTaskConfig):
     """The adaptation task's config (keys documented in ``configs/adapt_digits.py``)."""
 
     task: Literal["adapt"]
@@ -126,15 +124,6 @@ class AdaptConfig(ExperimentConfig):
         if self.objective.method == "mmd" and not self.objective.kernel_mults:
             problems.append("objective.kernel_mults=(): MMD needs at least one kernel")
         return problems
-
-    def topology_problems(self, mesh_shape) -> list[str]:
-        return super().topology_problems(mesh_shape) + shard_problems(
-            "evals.batch_size", self.evals.batch_size, mesh_shape
-        )
-
-    def check_data(self) -> None:
-        super().check_data()
-        images.check_dataset_on_disk(self.data)
 
 
 @register_task

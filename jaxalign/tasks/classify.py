@@ -36,11 +36,9 @@ from jaxalign.data import ImageTransform, make_pipeline, per_class_subset
 from jaxalign.schema import (
     ConfigError,
     Count,
-    ExperimentConfig,
     Group,
     PositiveInt,
     Unit,
-    shard_problems,
 )
 from jaxalign.tasks import images
 from jaxalign.tasks.base import ParamGroup, Task, register_task
@@ -81,7 +79,7 @@ class ClassifyEvals(Group):
     knn_k: Count
 
 
-class ClassifyConfig(ExperimentConfig):
+class ClassifyConfig(images.ImageTaskConfig):
     """The classification task's config (keys documented in ``configs/classify.py``)."""
 
     task: Literal["classify"]
@@ -98,15 +96,6 @@ class ClassifyConfig(ExperimentConfig):
                 "gradient accumulation; set it to 1"
             )
         return problems + images.image_tower_problems(self.model, self.data.image_size)
-
-    def topology_problems(self, mesh_shape) -> list[str]:
-        return super().topology_problems(mesh_shape) + shard_problems(
-            "evals.batch_size", self.evals.batch_size, mesh_shape
-        )
-
-    def check_data(self) -> None:
-        super().check_data()
-        images.check_dataset_on_disk(self.data)
 
 
 @register_task

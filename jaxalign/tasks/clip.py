@@ -29,13 +29,11 @@ from jaxalign.data import ImageTextTransform, TextTokenizer, make_pipeline
 from jaxalign.parallel.sharding import activation_context
 from jaxalign.schema import (
     Count,
-    ExperimentConfig,
     Group,
     MissingDataError,
     ModuleFields,
     PositiveInt,
     Unit,
-    shard_problems,
 )
 from jaxalign.tasks import images
 from jaxalign.tasks.base import Task, register_task
@@ -105,7 +103,7 @@ class ClipEvals(Group):
         return problems
 
 
-class ClipConfig(ExperimentConfig):
+class ClipConfig(images.ImageTaskConfig):
     """The CLIP task's config (keys documented in ``configs/clip.py``)."""
 
     task: Literal["clip"]
@@ -140,15 +138,9 @@ class ClipConfig(ExperimentConfig):
             ]
         return problems + images.image_tower_problems(model, self.data.image_size)
 
-    def topology_problems(self, mesh_shape) -> list[str]:
-        return super().topology_problems(mesh_shape) + shard_problems(
-            "evals.batch_size", self.evals.batch_size, mesh_shape
-        )
-
     def check_data(self) -> None:
         super().check_data()
         data = self.data
-        images.check_dataset_on_disk(data)
         if data.source == "webdataset":
             from jaxalign.data.sources import expand_shards
 

@@ -8,6 +8,7 @@ pieces and rules for both.
   exists; a TFDS dataset is prepared under ``data.data_dir``).
 - ``eval_pipeline``: one pass over an eval split, as every image task's evals read it;
   ``Unlabelled``: a split whose records lost their labels (an unlabelled domain).
+- ``ImageTaskConfig``: the config rules every image task shares (eval batch, data on disk).
 - ``ImageDataset``: a config's ``data`` group on disk: built-in datasets are built on first use
   (process 0 first), splits open as random-access sources (records with undecoded images), and
   a split's class names come from its TFDS ``ClassLabel``.
@@ -24,7 +25,14 @@ import jax.numpy as jnp
 from jaxalign import models
 from jaxalign.models.layers import REMAT_POLICIES
 from jaxalign.parallel.multihost import on_every_process
-from jaxalign.schema import ConfigError, Group, MissingDataError, ModuleFields
+from jaxalign.schema import (
+    ConfigError,
+    ExperimentConfig,
+    Group,
+    MissingDataError,
+    ModuleFields,
+    shard_problems,
+)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 Preset = Literal[tuple(models.PRESETS)]  # type: ignore[valid-type]
@@ -45,6 +53,20 @@ class ImageModel(Group):
     dtype: Dtype
     remat: Remat
     image: Annotated[dict[str, Any], IMAGE_FIELDS]
+
+
+class ImageTaskConfig(ExperimentConfig):
+    """An image task's config: ``evals.batch_size`` splits over the batch shards, and the
+    ``data`` group's dataset is on disk. Its ``data`` and ``evals`` groups are the task's."""
+
+    def topology_problems(self, mesh_shape) -> list[str]:
+        return super().topology_problems(mesh_shape) + shard_problems(
+            "evals.batch_size", self.evals.batch_size, mesh_shape
+        )
+
+    def check_data(self) -> None:
+        super().check_data()
+        check_dataset_on_disk(self.data)
 
 
 def image_tower(model: Any) -> Any:
