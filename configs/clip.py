@@ -225,7 +225,10 @@ def adapt(config: ml_collections.ConfigDict, method: str) -> None:
     config.task = "clip_adapt"
     config.adapt = ml_collections.ConfigDict()
     config.adapt.method = method
-    config.adapt.weight = 1.0  # fixed before any run: the two losses' sizes are alike
+    # Chosen on the source domain only (docs/results/domain_adaptation.md): the largest of
+    # {1, 0.3} whose seed-0 zero-shot on the source *validation* split stays within 2 points of
+    # the run without the term (none 0.977; weight 1: 0.918, weight 0.3: 0.969).
+    config.adapt.weight = 0.3
     config.adapt.target_split = "outline_train" if method != "none" else ""
     config.adapt.target_zeroshot_split = "outline_test"
     config.adapt.discriminator_hidden = 256
