@@ -18,14 +18,19 @@ the whole benchmark (as Musgrave et al. 2022 compare validators), so it is marke
 Per cell: mean, sample standard deviation (ddof 1) and a 95% Student-t interval of the mean
 over the seeds, ``mean +- t_{0.975, n-1} * std / sqrt(n)``.
 
-    python benchmarks/adapt_digits.py --workdir=runs/adapt_digits --out=docs/results/adapt.md
+``--jobs`` runs that many at a time (each its own process; a failed run stops the table).
+
+    python benchmarks/adapt_digits.py --workdir=runs/adapt_digits --jobs=2 \
+        --out=docs/results/adapt.md
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import statistics
+import time
 
 from study_runs import cell, publish, train  # benchmarks/, the script's own folder
 
@@ -75,25 +80,35 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--override", action="append", default=[], help="KEY=VALUE, every run")
     parser.add_argument("--out", help="also write the Markdown table here")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (2 on 2 cores)")
     args = parser.parse_args()
     methods, targets = args.methods.split(","), args.targets.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    results: dict = {}
-    total = len(methods) * len(targets) * len(seeds)
-    done = 0
-    for target in targets:
-        for method in methods:
-            results[(method, target)] = []
-            for seed in seeds:
-                workdir = os.path.join(args.workdir, f"{method},{target}", f"seed{seed}")
-                spec = f"configs/adapt_digits.py:{method},{target}"
-                summary = train(spec, workdir, seed, args.override)
-                done += 1
-                print(
-                    f"[{done}/{total}] {method},{target} seed {seed}: {summary['wall_s']:.0f} s",
-                    flush=True,
-                )
-                results[(method, target)].append(summary)
+    cells = [(method, target) for target in targets for method in methods]
+    runs = [(m, t, seed) for m, t in cells for seed in seeds]
+    started, done = time.perf_counter(), 0
+
+    def run(method: str, target: str, seed: int) -> dict:
+        workdir = os.path.join(args.workdir, f"{method},{target}", f"seed{seed}")
+        return train(f"configs/adapt_digits.py:{method},{target}", workdir, seed, args.override)
+
+    summaries = {}
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each run a subprocess
+        futures = {pool.submit(run, *key): key for key in runs}
+        for future in concurrent.futures.as_completed(futures):
+            method, target, seed = key = futures[future]
+            if future.exception() is not None:  # runs not started yet are dropped
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise future.exception()
+            summaries[key] = future.result()
+            done += 1
+            print(
+                f"[{done}/{len(runs)}] {method},{target} seed {seed}: "
+                f"{summaries[key]['wall_s']:.0f} s",
+                flush=True,
+            )
+    results = {(m, t): [summaries[(m, t, seed)] for seed in seeds] for m, t in cells}
+    print(f"{len(runs)} runs, {args.jobs} at a time: {time.perf_counter() - started:.0f} s")
     report = table(results, methods, targets)
     publish(report, args.out)
 
