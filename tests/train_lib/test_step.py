@@ -167,10 +167,10 @@ def _delta(before, after):
 def test_parameter_groups_scale_and_freeze():
     config = _config("optim.warmup_steps=0")  # a non-zero rate at the first update
     batch = list(_batches(1))
-    plain = _run(config, {"data": 8}, batch, groups=())[1]
-    halved = _run(config, {"data": 8}, batch, groups=(ParamGroup("^image_tower/", 0.5),))[1]
-    frozen = _run(config, {"data": 8}, batch, groups=(ParamGroup("^text_tower/", 0.0),))[1]
-    _, start, _, _ = _setup(config, {"data": 8}, groups=())
+    plain = _run(config, {"data": 1}, batch, groups=())[1]
+    halved = _run(config, {"data": 1}, batch, groups=(ParamGroup("^image_tower/", 0.5),))[1]
+    frozen = _run(config, {"data": 1}, batch, groups=(ParamGroup("^text_tower/", 0.0),))[1]
+    _, start, _, _ = _setup(config, {"data": 1}, groups=())
     start = jax.device_get(start.params)
     d_plain = _delta(start, jax.device_get(plain.params))
     d_half = _delta(start, jax.device_get(halved.params))
@@ -192,7 +192,7 @@ def test_parameter_groups_scale_and_freeze():
 
 def test_moving_average_of_the_parameters():
     config = _config("optim.ema_decay=0.75")
-    mesh, state, step, _ = _setup(config, {"data": 8})
+    mesh, state, step, _ = _setup(config, {"data": 1})
     ema = jax.device_get(state.ema_params)
     jax.tree.map(np.testing.assert_array_equal, ema, jax.device_get(state.params))
     with activation_context(mesh):
@@ -207,7 +207,7 @@ def test_moving_average_of_the_parameters():
             )
     variables = state.eval_variables()
     assert variables["params"] is state.ema_params  # evals read the average
-    assert _setup(_config(), {"data": 8})[1].ema_params is None  # off: nothing kept
+    assert _setup(_config(), {"data": 1})[1].ema_params is None  # off: nothing kept
 
 
 def test_decay_mask():
