@@ -87,7 +87,9 @@ Keys (every preset has all of them; ``jaxalign.tasks.clip.ClipConfig`` and the g
 - ``adapt`` (task ``clip_adapt`` only): ``method`` (``none`` | ``mmd`` | ``dann``), ``weight``
   (of the domain term), ``target_split`` (unlabelled target images; only the image is read),
   ``target_zeroshot_split`` (labelled target split for zero-shot; ``""``: off),
-  ``discriminator_hidden`` (DANN's discriminator width).
+  ``source_validation_zeroshot_split`` (a labelled source split for zero-shot, to choose the
+  weight on: ``heldout_validation``, the held-out pairs in scenes other than the test's; ``""``:
+  off), ``discriminator_hidden`` (DANN's discriminator width).
 """
 
 from __future__ import annotations
@@ -231,6 +233,7 @@ def adapt(config: ml_collections.ConfigDict, method: str) -> None:
     config.adapt.weight = 0.3
     config.adapt.target_split = "outline_train" if method != "none" else ""
     config.adapt.target_zeroshot_split = "outline_test"
+    config.adapt.source_validation_zeroshot_split = "heldout_validation"  # for choosing weight
     config.adapt.discriminator_hidden = 256
 
 

@@ -15,8 +15,11 @@ Loss: ``CLIP loss + adapt.weight * term`` over the global batch, the term being
   ``domain_discriminator/``) on the image embeddings through ``gradient_reversal``, its
   coefficient DANN's ``2 / (1 + exp(-10 p)) - 1`` of the progress ``p = step / train.steps``.
 
-Evals: the CLIP task's (zero-shot on ``evals.zeroshot_split``, retrieval), and zero-shot on
-``adapt.target_zeroshot_split`` (labelled, read by the eval only) as ``target/zeroshot_top1``.
+Evals: the CLIP task's (zero-shot on ``evals.zeroshot_split``, retrieval), zero-shot on
+``adapt.target_zeroshot_split`` (labelled, read by the eval only) as ``target/zeroshot_top1``,
+and on ``adapt.source_validation_zeroshot_split`` as ``source_validation/zeroshot_top1``: a
+source-domain split for choosing ``adapt.weight`` (or a step) without the test split (for
+shapes_captions, ``heldout_validation``: the test split's held-out pairs, other scenes).
 Keys and presets: ``configs/clip.py`` (``demo_adapt_*``).
 """
 
@@ -36,6 +39,11 @@ from jaxalign.tasks.base import register_task
 from jaxalign.tasks.clip import ClipConfig, ClipTask
 
 DISCRIMINATOR = "domain_discriminator"
+# Extra zero-shot evals: metric prefix -> the ``adapt`` key naming the split.
+ZEROSHOT_SPLITS = {
+    "target": "target_zeroshot_split",
+    "source_validation": "source_validation_zeroshot_split",
+}
 
 
 class ClipAdapt(Group):
@@ -43,6 +51,7 @@ class ClipAdapt(Group):
     weight: NonNegativeFloat
     target_split: str
     target_zeroshot_split: str
+    source_validation_zeroshot_split: str
     discriminator_hidden: PositiveInt
 
 
@@ -82,8 +91,9 @@ class ClipAdaptTask(ClipTask):
         adapt = self.config.adapt
         if adapt.target_split:
             self.dataset.source(adapt.target_split, key="adapt.target_split")
-        if adapt.target_zeroshot_split:
-            self.dataset.class_names(adapt.target_zeroshot_split, key="adapt.target_zeroshot_split")
+        for key in ZEROSHOT_SPLITS.values():
+            if split := getattr(adapt, key):
+                self.dataset.class_names(split, key=f"adapt.{key}")
 
     def train_stream(self) -> Any:
         streams = {"pairs": super().train_stream()}
@@ -152,16 +162,14 @@ class ClipAdaptTask(ClipTask):
         return loss + self.config.adapt.weight * term, model_state, metrics
 
     def evaluate(self, variables: Any, *, progress: bool = False) -> dict[str, float]:
-        """The CLIP task's evals and, with ``adapt.target_zeroshot_split``, zero-shot on the
-        target domain (``target/zeroshot_top1`` ...)."""
+        """The CLIP task's evals and zero-shot on each split of ``ZEROSHOT_SPLITS`` that is
+        set (``target/zeroshot_top1``, ``source_validation/zeroshot_top1`` ...)."""
         params = _clip_params(variables["params"])
         results = super().evaluate({**variables, "params": params}, progress=progress)
-        split = self.config.adapt.target_zeroshot_split
-        if split:
-            target = self.zeroshot(
-                params, split, key="adapt.target_zeroshot_split", progress=progress
-            )
-            results.update({f"target/{k}": v for k, v in target.items()})
+        for prefix, key in ZEROSHOT_SPLITS.items():
+            if split := getattr(self.config.adapt, key):
+                scores = self.zeroshot(params, split, key=f"adapt.{key}", progress=progress)
+                results.update({f"{prefix}/{k}": v for k, v in scores.items()})
         return results
 
 

@@ -38,6 +38,7 @@ SHAPES_COUNTS = {
     "test": 512,
     "outline_train": 2048,
     "outline_test": 512,
+    "heldout_validation": 512,
 }
 
 _REBUILD = """
@@ -109,7 +110,7 @@ def test_two_builds_are_byte_identical(built: Path, rebuilt: Path):
         files_a = sorted(p.relative_to(built) for p in (built / name).rglob("*") if p.is_file())
         files_b = sorted(p.relative_to(rebuilt) for p in (rebuilt / name).rglob("*") if p.is_file())
         assert files_a == files_b
-        assert sum(".array_record-" in p.name for p in files_a) == (9 if name == NAMES[1] else 5)
+        assert sum(".array_record-" in p.name for p in files_a) == (9 if name == NAMES[1] else 6)
         for rel in files_a:
             assert (built / rel).read_bytes() == (rebuilt / rel).read_bytes(), rel
 
@@ -117,7 +118,7 @@ def test_two_builds_are_byte_identical(built: Path, rebuilt: Path):
 def test_shapes_captions_reads_back_consistently(built: Path):
     source = tfds.data_source("shapes_captions", data_dir=built)
     assert {split: len(ds) for split, ds in source.items()} == SHAPES_COUNTS
-    builder = tfds.builder_from_directory(str(built / "shapes_captions" / "default" / "3.0.0"))
+    builder = tfds.builder_from_directory(str(built / "shapes_captions" / "default" / "3.1.0"))
     class_names = builder.info.features["label"].names
     assert class_names == list(sc.CLASS_NAMES)
     for split, ds in source.items():
@@ -151,7 +152,9 @@ def test_shapes_test_combos_are_held_out_of_training(built: Path):
     train, validation, test = combos("train"), combos("validation"), combos("test")
     assert train == set(sc.TRAIN_COMBOS)  # every allowed pair shows up in 4096 draws
     assert validation <= set(sc.TRAIN_COMBOS)
-    assert test == set(sc.HELD_OUT_COMBOS)
+    assert test == set(sc.HELD_OUT_COMBOS) == combos("heldout_validation")
+    captions = [source["test"][i]["caption"] for i in range(64)]
+    assert captions != [source["heldout_validation"][i]["caption"] for i in range(64)]  # own scenes
     assert not test & (train | validation)
     # Compositional, not new words: each held-out colour and shape is seen in training.
     assert {c for c, _ in test} <= {c for c, _ in train}
@@ -274,6 +277,7 @@ def test_options_build_a_separate_variant(tmp_path: Path):
         "test": 4,
         "outline_train": 8,
         "outline_test": 4,
+        "heldout_validation": 4,
     }
     assert source["train"][0]["image"].shape == (32, 32, 3)
     assert (

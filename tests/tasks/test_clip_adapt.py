@@ -33,6 +33,7 @@ def test_without_the_term_it_is_the_clip_task(shapes_data_dir, tmp_path):
     summary = train.train_and_evaluate(none, tmp_path / "none", devices=one)
     assert losses(tmp_path / "none") == losses(tmp_path / "clip")  # bit for bit
     assert 0.0 <= summary["eval/target/zeroshot_top1"] <= 1.0
+    assert 0.0 <= summary["eval/source_validation/zeroshot_top1"] <= 1.0  # heldout_validation
     assert (
         summary["eval/zeroshot_top1"]
         == json.loads((tmp_path / "clip" / "summary.json").read_text())["eval/zeroshot_top1"]

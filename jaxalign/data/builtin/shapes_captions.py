@@ -18,7 +18,10 @@ shape``, and the ClassLabel's names (``CLASS_NAMES``, e.g. ``"red circle"``) bui
 
 Compositional generalisation: the (colour, shape) pairs in ``HELD_OUT_COMBOS`` never appear in the
 ``train`` or ``validation`` splits; the ``test`` split holds only those pairs. Every colour and
-every shape on its own still appears in training.
+every shape on its own still appears in training. ``heldout_validation`` (``num_validation``
+scenes of its own) draws the held-out pairs too: a validation split for choices that the test
+split's compositional figure depends on (a loss weight, a checkpoint), so that none is made on
+``test``.
 
 A second domain, for adaptation: the ``outline_*`` splits draw scenes as outlines (no fill) on
 a textured background (stripes and per-pixel noise); captions and labels as in the filled
@@ -105,7 +108,15 @@ TEMPLATES: tuple[str, ...] = (
     "there {be} {n} {size} {colour} {shapes} {prep} the {position}",
     "a picture of {n} {size} {colour} {shapes} {prep} the {position}",
 )
-SPLIT_IDS: dict[str, int] = {"train": 0, "validation": 1, "test": 2, "outline_train": 3}
+SPLIT_IDS: dict[str, int] = {
+    "train": 0,
+    "validation": 1,
+    "test": 2,
+    "outline_train": 3,
+    "heldout_validation": 4,
+}
+# Splits whose scenes show only the held-out (colour, shape) pairs.
+HELD_OUT_SPLITS: tuple[str, ...] = ("test", "heldout_validation")
 # The outline domain's splits and the split whose scenes each draws.
 OUTLINE_SCENES: dict[str, str] = {"outline_train": "outline_train", "outline_test": "test"}
 TEXTURE_STRIPES, TEXTURE_NOISE = 30.0, 30.0  # amplitudes, in grey levels of 0..255
@@ -306,7 +317,7 @@ def make_example(seed: int, split: str, index: int, image_size: int) -> dict[str
     """Example ``index`` of ``split``: a dict of the builder's features (image as PNG bytes)."""
     scenes = OUTLINE_SCENES.get(split, split)
     rng = np.random.default_rng([seed, SPLIT_IDS[scenes], index])
-    combos = HELD_OUT_COMBOS if scenes == "test" else TRAIN_COMBOS
+    combos = HELD_OUT_COMBOS if scenes in HELD_OUT_SPLITS else TRAIN_COMBOS
     scene = sample_scene(rng, combos)
     texture = None
     if split in OUTLINE_SCENES:
@@ -368,11 +379,12 @@ def make_config(**options: int) -> ShapesCaptionsConfig:
 class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
     """Coloured shapes with compositional captions; test split = held-out (colour, shape) pairs."""
 
-    VERSION = tfds.core.Version("3.0.0")
+    VERSION = tfds.core.Version("3.1.0")
     RELEASE_NOTES = {  # noqa: RUF012 (tfds class attribute)
         "1.0.0": "First release.",
         "2.0.0": "Large shapes, one per quadrant; counts 1 and 2; positions by count.",
         "3.0.0": "The outline domain: outline_train and outline_test (the test scenes).",
+        "3.1.0": "heldout_validation: scenes of the held-out pairs for validation.",
     }
     BUILDER_CONFIGS = [DEFAULT_CONFIG]  # noqa: RUF012 (tfds class attribute)
 
@@ -421,6 +433,7 @@ class ShapesCaptions(tfds.core.GeneratorBasedBuilder):
             "test": config.num_test,
             "outline_train": max(1, config.num_train // 2),
             "outline_test": config.num_test,
+            "heldout_validation": config.num_validation,
         }
         return {split: self._generate_examples(split, n) for split, n in sizes.items()}
 
