@@ -86,7 +86,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     cells = [(method, target) for target in targets for method in methods]
     runs = [(m, t, seed) for m, t in cells for seed in seeds]
-    started, done = time.perf_counter(), 0
+    started = time.perf_counter()
 
     def run(method: str, target: str, seed: int) -> dict:
         workdir = os.path.join(args.workdir, f"{method},{target}", f"seed{seed}")
@@ -101,9 +101,8 @@ def main() -> None:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise future.exception()
             summaries[key] = future.result()
-            done += 1
             print(
-                f"[{done}/{len(runs)}] {method},{target} seed {seed}: "
+                f"[{len(summaries)}/{len(runs)}] {method},{target} seed {seed}: "
                 f"{summaries[key]['wall_s']:.0f} s",
                 flush=True,
             )

@@ -41,3 +41,14 @@ def shapes_data_dir(tmp_path_factory):
     builtin.prepare("shapes_captions", path)
     builtin.build_caption_tokenizer(path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def shared_compilation_cache():
+    """``tests.trainer_child.compilation_cache`` for a whole module: its trainer runs load the
+    programs an earlier run of the same config compiled. A module opts in with
+    ``pytestmark = pytest.mark.usefixtures("shared_compilation_cache")``."""
+    from tests.trainer_child import compilation_cache
+
+    with compilation_cache():
+        yield

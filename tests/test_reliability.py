@@ -27,7 +27,6 @@ from jaxalign.train_lib.metric_writers import read_metrics
 from jaxalign.train_lib.workdir import open_workdir
 from tests.trainer_child import (
     cache_env,
-    compilation_cache,
     compilation_cache_dir,
     losses,
     plant_nan,
@@ -43,11 +42,7 @@ def data_dir(shapes_data_dir):
     return shapes_data_dir
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache():
-    """Runs of the same config load the programs an earlier run compiled (tests/trainer_child)."""
-    with compilation_cache():
-        yield
+pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
 
 
 def _args(workdir, data_dir, **overrides):

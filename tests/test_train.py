@@ -22,7 +22,7 @@ from jaxalign import cli, train
 from jaxalign import config as config_lib
 from jaxalign.tasks.clip import ClipTask
 from jaxalign.train_lib.metric_writers import read_metrics
-from tests.trainer_child import compilation_cache, losses, plant_nan, run_trainer
+from tests.trainer_child import losses, plant_nan, run_trainer
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "clip.py")
 
@@ -32,11 +32,7 @@ def data_dir(shapes_data_dir):
     return shapes_data_dir
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache():
-    """Runs of the same config load the programs an earlier run compiled (tests/trainer_child)."""
-    with compilation_cache():
-        yield
+pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
 
 
 def _overrides(data_dir, **extra):

@@ -14,7 +14,7 @@ import pytest
 from jaxalign import config as config_lib
 from jaxalign import train
 from jaxalign.train_lib.checkpoint import Checkpointer
-from tests.trainer_child import compilation_cache, losses
+from tests.trainer_child import losses
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLIP = str(ROOT / "configs" / "clip.py")
@@ -23,11 +23,7 @@ CLASSIFY = str(ROOT / "configs" / "classify.py")
 TOWER = {"model.image.channels": "(8, 16)", "model.image.features": "32"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache():
-    """Runs of the same config load the programs an earlier run compiled (tests/trainer_child)."""
-    with compilation_cache():
-        yield
+pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -28,16 +28,12 @@ from jaxalign.models.layers import dense
 from jaxalign.schema import ExperimentConfig, Group, NonNegativeFloat, PositiveInt
 from jaxalign.tasks import TASKS, Task, register_task
 from jaxalign.train_lib.metric_writers import read_metrics
-from tests.trainer_child import compilation_cache, losses, run_trainer
+from tests.trainer_child import losses, run_trainer
 
 THIS = pathlib.Path(__file__).resolve()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache():
-    """Runs of the same config load the programs an earlier run compiled (tests/trainer_child)."""
-    with compilation_cache():
-        yield
+pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
 
 
 class ToyModelConfig(Group):
