@@ -42,27 +42,35 @@ def main() -> None:
             summary = train(f"configs/clip.py:demo_adapt_{method}", workdir, seed, args.override)
             print(f"{method} seed {seed}: {summary['wall_s']:.0f} s", flush=True)
             results[method].append(summary)
+    columns = (SOURCE_VALIDATION, SOURCE, TARGET)
     lines = [
         "Zero-shot top-1 (%) at the last step, mean ± std [95% t-interval] over seeds "
-        f"{args.seeds}:",
+        f"{args.seeds}; the differences to none are paired by seed:",
         "",
         "| method | source (heldout_validation) | source (test) | target (outline_test) "
-        "| source - none, paired | target - none, paired |",
-        "|---|---|---|---|---|---|",
+        "| heldout_validation - none | test - none | target - none |",
+        "|---|---|---|---|---|---|---|",
     ]
     base = results.get("none")
     for method, runs in results.items():
-        drop = gain = "-"
+        cells = [_cell(runs, key) for key in columns]
         if base is not None and method != "none":
-            drop = cell([r[SOURCE] - b[SOURCE] for r, b in zip(runs, base, strict=True)])
-            gain = cell([r[TARGET] - b[TARGET] for r, b in zip(runs, base, strict=True)])
-        source, target = cell([r[SOURCE] for r in runs]), cell([r[TARGET] for r in runs])
-        validation = "-"  # runs from before the eval existed have none
-        if all(SOURCE_VALIDATION in r for r in runs):
-            validation = cell([r[SOURCE_VALIDATION] for r in runs])
-        lines.append(f"| {method} | {validation} | {source} | {target} | {drop} | {gain} |")
+            cells += [_cell(runs, key, base) for key in columns]
+        else:
+            cells += ["-"] * len(columns)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     report = "\n".join(lines) + "\n"
     publish(report, args.out)
+
+
+def _cell(runs: list[dict], key: str, base: list[dict] | None = None) -> str:
+    """``key``'s values over ``runs`` (minus ``base``'s, seed by seed), or ``-`` where a run
+    lacks it (runs from before the ``heldout_validation`` eval existed)."""
+    if not all(key in r for r in runs + (base or [])):
+        return "-"
+    if base is None:
+        return cell([r[key] for r in runs])
+    return cell([r[key] - b[key] for r, b in zip(runs, base, strict=True)])
 
 
 if __name__ == "__main__":
