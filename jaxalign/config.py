@@ -284,6 +284,7 @@ def save(config: ExperimentConfig, path: str | os.PathLike) -> str:
 ADDED_KEYS: dict[str, Any] = {
     "train.max_failed_saves": 3,  # 0.1.0 after issue 13
     "data.max_skipped_in_a_row": 1000,  # 0.1.0 after issue 13
+    "adapt.target_batch_size": 0,  # 0.1.0 after issue 14: the source's batch, as before
 }
 
 

@@ -2,7 +2,8 @@
 of an unlabelled target-domain image stream (``config.task="clip_adapt"``).
 
 Batches are ``{"pairs": {"image", "ids", "mask"}, "target": {"image": [B, S, S, 3]}}`` (the
-CLIP task's batch, and ``B`` target images drawn by a stream of their own, seed ``seed + 1``);
+CLIP task's batch, and ``T`` target images drawn by a stream of their own, seed ``seed + 1``;
+``T = adapt.target_batch_size``, 0 for ``B``);
 ``adapt.method="none"`` reads no target stream (``{"pairs": ...}``): the same run without the
 adaptation term. Target records keep their image alone (``images.Unlabelled``): no caption or
 label of the target domain reaches training.
@@ -10,10 +11,15 @@ label of the target domain reaches training.
 Loss: ``CLIP loss + adapt.weight * term`` over the global batch, the term being
 
 - ``mmd``: squared multi-kernel MMD (unbiased, DAN's bandwidths) between the source and target
-  unit image embeddings ``[B, embed]``;
+  unit image embeddings ``[B, embed]`` and ``[T, embed]``;
 - ``dann``: a domain discriminator (``models.DomainDiscriminator``, parameters under
   ``domain_discriminator/``) on the image embeddings through ``gradient_reversal``, its
-  coefficient DANN's ``2 / (1 + exp(-10 p)) - 1`` of the progress ``p = step / train.steps``.
+  coefficient DANN's ``2 / (1 + exp(-10 p)) - 1`` of the progress ``p = step / train.steps``;
+  the discriminator's loss is the mean over all ``B + T`` images (each domain weighted by its
+  count).
+
+A smaller ``T`` makes the step cheaper: the image tower runs forward and backward on ``B + T``
+images.
 
 Evals: the CLIP task's (zero-shot on ``evals.zeroshot_split``, retrieval), zero-shot on
 ``adapt.target_zeroshot_split`` (labelled, read by the eval only) as ``target/zeroshot_top1``,
@@ -33,7 +39,7 @@ import jax.numpy as jnp
 from jaxalign import models
 from jaxalign.data import ImageTransform, make_pipeline, zip_streams
 from jaxalign.objectives import domain
-from jaxalign.schema import Group, NonNegativeFloat, PositiveInt
+from jaxalign.schema import Count, Group, NonNegativeFloat, PositiveInt, shard_problems
 from jaxalign.tasks import images
 from jaxalign.tasks.base import register_task
 from jaxalign.tasks.clip import ClipConfig, ClipTask
@@ -50,6 +56,7 @@ class ClipAdapt(Group):
     method: Literal["none", "mmd", "dann"]
     weight: NonNegativeFloat
     target_split: str
+    target_batch_size: Count
     target_zeroshot_split: str
     source_validation_zeroshot_split: str
     discriminator_hidden: PositiveInt
@@ -73,6 +80,16 @@ class ClipAdaptConfig(ClipConfig):
         if self.adapt.method != "none" and not self.adapt.target_split:
             problems.append(f"adapt.target_split='': adapt.method={self.adapt.method!r} needs one")
         return problems
+
+    @property
+    def target_batch(self) -> int:
+        """The target stream's global batch: ``adapt.target_batch_size``, 0 for the source's."""
+        return self.adapt.target_batch_size or self.train.global_batch_size
+
+    def topology_problems(self, mesh_shape) -> list[str]:
+        return super().topology_problems(mesh_shape) + shard_problems(
+            "adapt.target_batch_size", self.target_batch, mesh_shape
+        )
 
 
 @register_task
@@ -104,7 +121,7 @@ class ClipAdaptTask(ClipTask):
             streams["target"] = make_pipeline(
                 images.Unlabelled(source, others),
                 seed=(self.config.seed + 1) % 2**32,
-                global_batch_size=self.config.train.global_batch_size,
+                global_batch_size=self.config.target_batch,
                 transform=ImageTransform(data.image_size, train=True, scale=(0.9, 1.0), flip=False),
                 worker_count=data.worker_count,
                 prefetch=data.prefetch,
@@ -115,7 +132,9 @@ class ClipAdaptTask(ClipTask):
     def batch_spec(self) -> dict[str, Any]:
         spec = {"pairs": super().batch_spec()}
         if self.adapting:
-            spec["target"] = {"image": spec["pairs"]["image"]}
+            image = spec["pairs"]["image"]
+            shape = (self.config.target_batch, *image.shape[1:])
+            spec["target"] = {"image": jax.ShapeDtypeStruct(shape, image.dtype)}
         return spec
 
     @property

@@ -1,6 +1,7 @@
 """CLIP adapted across domains (``clip_adapt``) on the tiny preset: without the term it is the
 CLIP task exactly; with MMD or DANN, 1 device equals 8 (2x4); the target stream carries images
-only; the target zero-shot eval is reported; bad combinations are refused."""
+only, half as many as the source's; the target zero-shot eval is reported; bad combinations
+are refused."""
 
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def test_target_stream_is_images_only(shapes_data_dir):
     batch = next(iterator)
     iterator.close()
     assert list(batch["target"]) == ["image"]  # no caption, no label of the target domain
+    assert batch["target"]["image"].shape == (8, 32, 32, 3)  # adapt.target_batch_size: half
+    assert task.batch_spec()["target"]["image"].shape == (8, 32, 32, 3)
     assert sorted(batch["pairs"]) == ["ids", "image", "mask"]
     params = task.init(jax.random.key(0))["params"]
     assert "domain_discriminator" in params and "image_tower" in params
@@ -78,6 +81,8 @@ def test_bad_combinations_are_refused(shapes_data_dir):
         _load(shapes_data_dir, **{"optim.micro_batches": 2, "train.global_batch_size": 32})
     with pytest.raises(config_lib.ConfigError, match=r"adapt\.target_split=''"):
         _load(shapes_data_dir, **{"adapt.target_split": "''"})
+    with pytest.raises(config_lib.ConfigError, match=r"adapt\.target_batch_size=12: must be"):
+        config_lib.validate(_load(shapes_data_dir, **{"adapt.target_batch_size": 12}), 8)
     config = _load(shapes_data_dir, "demo_adapt_mmd")
     config_lib.validate(config, 8, check_data=False)
     assert config.task == "clip_adapt" and config.adapt.target_zeroshot_split == "outline_test"
