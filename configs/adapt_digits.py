@@ -101,6 +101,7 @@ def base(method: str = "dann", target: str = "blend") -> ml_collections.ConfigDi
     config.objective.kernel_mults = (0.125, 0.25, 0.5, 1.0, 2.0)
 
     config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adamw"
     config.optim.lr = 1e-3
     config.optim.warmup_steps = 50
     config.optim.min_lr_ratio = 0.0

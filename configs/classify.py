@@ -90,6 +90,7 @@ def base() -> ml_collections.ConfigDict:
     config.objective.label_smoothing = 0.0
 
     config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adamw"
     config.optim.lr = 1e-3
     config.optim.warmup_steps = 20
     config.optim.min_lr_ratio = 0.0

@@ -72,11 +72,11 @@ Keys (every preset has all of them; ``jaxalign.tasks.clip.ClipConfig`` and the g
   a row, with no good one between, that stop the run naming the source and the reasons).
 - ``objective``: ``loss`` (``clip`` | ``siglip``), ``impl`` (``naive`` | ``tiled`` | ``ring``),
   ``tile`` (tile edge of tiled / ring), ``label_smoothing`` (InfoNCE only).
-- ``optim``: AdamW ``lr``, ``b1``, ``b2``, ``eps``, ``weight_decay``; ``warmup_steps`` of linear
-  warmup then cosine decay to ``lr * min_lr_ratio``; ``clip_norm`` (global-norm clipping, 0: off);
-  ``micro_batches`` (cached-gradient accumulation, 1: off); ``max_nonfinite_in_a_row`` (skipped
-  non-finite updates in a row before the run stops); ``ema_decay`` (a moving average of the
-  parameters, which the evals then use; 0: off).
+- ``optim``: ``name`` (``adamw`` | ``lars``), ``lr``, ``b1`` (LARS: its momentum), ``b2``, ``eps``,
+  ``weight_decay``; ``warmup_steps`` of linear warmup then cosine decay to ``lr * min_lr_ratio``;
+  ``clip_norm`` (global-norm clipping, 0: off); ``micro_batches`` (cached-gradient accumulation, 1:
+  off); ``max_nonfinite_in_a_row`` (skipped non-finite updates in a row before the run stops);
+  ``ema_decay`` (a moving average of the parameters, which the evals then use; 0: off).
 - ``train``: ``global_batch_size`` (over all devices and hosts), ``steps``, ``log_every``,
   ``checkpoint_every``, ``keep_checkpoints``, ``eval_every`` (the last step also checkpoints and
   evaluates), ``max_failed_saves`` (checkpoint saves failing in a row, e.g. on a full disk,
@@ -168,6 +168,7 @@ def base() -> ml_collections.ConfigDict:
     config.objective.label_smoothing = 0.0
 
     config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adamw"
     config.optim.lr = 2e-3
     config.optim.warmup_steps = 30
     config.optim.min_lr_ratio = 0.1

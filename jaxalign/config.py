@@ -99,6 +99,37 @@ def init_from_off() -> ml_collections.ConfigDict:
     return init_from
 
 
+def optim_group(**values: Any) -> ml_collections.ConfigDict:
+    """A config file's ``optim`` group: AdamW's usual constants (``b1`` 0.9, ``b2`` 0.999,
+    ``eps`` 1e-8), clipping at norm 1, no accumulation, no moving average, stopping after 10
+    non-finite updates in a row; ``values`` (at least ``lr``, ``warmup_steps``,
+    ``min_lr_ratio``, ``weight_decay``) set or replace keys (``jaxalign.schema.OptimConfig``)."""
+    group = dict(
+        name="adamw",
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        clip_norm=1.0,
+        micro_batches=1,
+        max_nonfinite_in_a_row=10,
+        ema_decay=0.0,
+    )
+    return ml_collections.ConfigDict({**group, **values})
+
+
+def train_group(**values: Any) -> ml_collections.ConfigDict:
+    """A config file's ``train`` group: two checkpoints kept, 3 failed saves in a row stop the
+    run; ``values`` (at least ``global_batch_size``, ``steps``, ``log_every``,
+    ``checkpoint_every``, ``eval_every``) set or replace keys (``jaxalign.schema.TrainConfig``)."""
+    return ml_collections.ConfigDict({"keep_checkpoints": 2, "max_failed_saves": 3, **values})
+
+
+def mesh_group(**values: Any) -> ml_collections.ConfigDict:
+    """A config file's ``mesh`` group: data parallel over every device unless ``values`` say
+    otherwise (``jaxalign.schema.MeshConfig``)."""
+    return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, **values})
+
+
 # --- load and override -------------------------------------------------------------------------
 
 
@@ -284,6 +315,7 @@ def save(config: ExperimentConfig, path: str | os.PathLike) -> str:
 ADDED_KEYS: dict[str, Any] = {
     "train.max_failed_saves": 3,  # 0.1.0 after issue 13
     "data.max_skipped_in_a_row": 1000,  # 0.1.0 after issue 13
+    "optim.name": "adamw",  # 0.1.0 after issue 14
     "adapt.target_batch_size": 0,  # 0.1.0 after issue 14: the source's batch, as before
 }
 

@@ -26,7 +26,7 @@ import dataclasses
 import importlib
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 import pydantic_core
@@ -139,12 +139,14 @@ def is_a(value: Any, kind: type) -> bool:
 
 
 class OptimConfig(Group):
-    """AdamW at ``lr`` with ``warmup_steps`` of linear warmup from 0, then cosine decay to
-    ``lr * min_lr_ratio``; global-norm clipping at ``clip_norm`` (0: off); ``micro_batches``
-    (a task's gradient accumulation; 1: off); ``max_nonfinite_in_a_row`` skipped non-finite
-    updates stop the run; ``ema_decay``: an exponential moving average of the parameters, used
-    by the evals (0: off)."""
+    """``name``: AdamW (``b1``, ``b2``, ``eps``) or LARS (momentum ``b1``; trust ratio and decay on
+    the ``decay_mask`` parameters, as SimCLR), at ``lr`` with ``warmup_steps`` of linear warmup from
+    0, then cosine decay to ``lr * min_lr_ratio``; global-norm clipping at ``clip_norm`` (0: off);
+    ``micro_batches`` (a task's gradient accumulation; 1: off); ``max_nonfinite_in_a_row`` skipped
+    non-finite updates stop the run; ``ema_decay``: an exponential moving average of the parameters,
+    used by the evals (0: off)."""
 
+    name: Literal["adamw", "lars"]
     lr: PositiveFloat
     warmup_steps: Count
     min_lr_ratio: Fraction

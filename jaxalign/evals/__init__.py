@@ -8,8 +8,9 @@
   per image), computed in row blocks (memory ``O(block * n)``), ties counted against the
   correct item;
 - :mod:`~jaxalign.evals.probe`: frozen-feature probes of any encoder: ``knn_accuracy`` (weighted
-  k-NN, as in DINO) and ``linear_probe`` (logistic regression, ``C`` chosen by cross-validation
-  on the training split only).
+  k-NN, as in DINO), ``linear_probe`` (logistic regression, ``C`` chosen by cross-validation
+  on the training split only), ``few_shot_indices`` and ``probe_suite`` (both, full and
+  few-shot, as the self-supervised tasks report them).
 
 Typical use for a dual encoder (``embed_fn`` returns ``{"image": ..., "text": ...}``)::
 
@@ -25,11 +26,13 @@ from jaxalign.evals.embed import embed_dataset
 from jaxalign.evals.retrieval import first_match_rank, retrieval_recall
 from jaxalign.evals.zeroshot import DEFAULT_TEMPLATES, class_text_embeddings, zeroshot_accuracy
 
+PROBE_NAMES = ("few_shot_indices", "knn_accuracy", "linear_probe", "probe_suite")
+
 
 def __getattr__(name: str) -> Any:
-    """``knn_accuracy`` and ``linear_probe`` import ``evals.probe`` (and scikit-learn, a second
+    """The names of ``evals.probe`` import ``evals.probe`` (and scikit-learn, a second
     of start-up) when first used, not with the package."""
-    if name in ("knn_accuracy", "linear_probe"):
+    if name in PROBE_NAMES:
         from jaxalign.evals import probe
 
         return getattr(probe, name)
@@ -40,9 +43,11 @@ __all__ = [
     "DEFAULT_TEMPLATES",
     "class_text_embeddings",
     "embed_dataset",
+    "few_shot_indices",
     "first_match_rank",
     "knn_accuracy",
     "linear_probe",
+    "probe_suite",
     "retrieval_recall",
     "zeroshot_accuracy",
 ]

@@ -176,6 +176,7 @@ def linear_probe(
     folds: int = 5,
     seed: int = 0,
     max_iter: int = 1000,
+    fixed_c: float | None = None,
 ) -> dict[str, float]:
     """Logistic-regression probe on frozen features, ``C`` chosen without the test split.
 
@@ -187,19 +188,22 @@ def linear_probe(
     that part's own mean and std, and score accuracy on the held-out part; (3) pick the ``C``
     with the best mean accuracy, the smallest such ``C`` on a tie; (4) refit on all training
     rows, standardised with the training mean and std, and report accuracy on the test rows.
-    Test labels are read only in step (4). A feature constant over the fitting rows is only
-    centred. A test class absent from training can never be predicted and counts as an error.
-    The result is deterministic for a given ``seed``.
+    Test labels are read only in step (4). With ``fixed_c`` steps (1)-(3) are skipped. A feature
+    constant over the fitting rows is only centred. A test class absent from training can never be
+    predicted and counts as an error. The result is deterministic for a given ``seed``.
 
     Args:
       train_features: ``[n_train, dim]`` features.
-      train_labels: ``[n_train]`` ints ``>= 0``, at least two classes, each at least twice.
+      train_labels: ``[n_train]`` ints ``>= 0``, at least two classes, each at least twice
+        (once with ``fixed_c``).
       test_features: ``[n_test, dim]`` features, same ``dim``.
       test_labels: ``[n_test]`` ints ``>= 0``.
       c_grid: candidate inverse regularisation strengths (each finite and ``> 0``).
       folds: cross-validation folds (``>= 2``), lowered to the smallest class count.
       seed: seeds the fold split.
       max_iter: lbfgs iterations per fit.
+      fixed_c: when given, ``C`` itself: steps (1)-(3) are skipped (``probe_cv_top1`` is NaN),
+        so one row per class suffices (a one-shot probe has no row to choose ``C`` on).
 
     Returns:
       ``{"probe_top1": test accuracy, "probe_cv_top1": best mean CV accuracy, "probe_c": C}``.
@@ -216,6 +220,11 @@ def linear_probe(
     classes, counts = np.unique(y_train, return_counts=True)
     if classes.size < 2:
         raise ValueError(f"train_labels must hold at least 2 classes, got {classes.tolist()}")
+    if fixed_c is not None:
+        if not (isinstance(fixed_c, numbers.Real) and 0 < fixed_c < math.inf):
+            raise ValueError(f"fixed_c must be a finite number > 0, got {fixed_c!r}")
+        top1 = _fit_and_score((x_train, y_train), (x_test, y_test), float(fixed_c), max_iter)
+        return {"probe_top1": top1, "probe_cv_top1": math.nan, "probe_c": float(fixed_c)}
     if counts.min() < 2:
         rare = int(classes[np.argmin(counts)])
         raise ValueError(
@@ -234,3 +243,84 @@ def linear_probe(
             best_c, best_cv = c, cv
     top1 = _fit_and_score((x_train, y_train), (x_test, y_test), best_c, max_iter)
     return {"probe_top1": top1, "probe_cv_top1": best_cv, "probe_c": best_c}
+
+
+def few_shot_indices(labels: Any, shots: int, seed: int) -> np.ndarray:
+    """Indices of ``shots`` rows of each class of ``labels`` (``[n]`` ints), increasing.
+
+    Class ``c``'s rows are ordered by a permutation drawn from
+    ``np.random.default_rng([seed, c])`` and the first ``shots`` taken: the choice depends only
+    on ``(seed, c)`` and that class's rows, and for one seed a smaller ``shots`` picks a subset
+    of a larger one's. A class with fewer than ``shots`` rows is a ValueError naming it.
+    """
+    shots = _positive_int(shots, "shots")
+    seed = _positive_int(seed, "seed", minimum=0)
+    labels = np.asarray(labels)
+    chosen = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        if rows.size < shots:
+            raise ValueError(f"class {int(c)} has {rows.size} rows, fewer than shots={shots}")
+        order = np.random.default_rng([seed, int(c)]).permutation(rows.size)
+        chosen.append(rows[order[:shots]])
+    return np.sort(np.concatenate(chosen))
+
+
+def probe_suite(
+    train_features: Any,
+    train_labels: Any,
+    test_features: Any,
+    test_labels: Any,
+    *,
+    num_classes: int,
+    shots: Sequence[int] = (1, 5, 10, 25),
+    trials: int = 3,
+    seed: int = 0,
+    knn_k: int = 20,
+    knn_temperature: float = 0.07,
+    few_shot_c: float = 1.0,
+) -> dict[str, float]:
+    """The frozen-feature evals of ``docs/results/self_supervised.md``, in one call.
+
+    Protocol: :func:`linear_probe` (``C`` by 5-fold cross-validation on the training rows) and
+    :func:`knn_accuracy` (``knn_k`` neighbours, cosine, ``exp(sim / knn_temperature)`` votes)
+    with every training row; then for each ``k`` in ``shots``, ``trials`` draws of ``k`` rows
+    per class (:func:`few_shot_indices` with seed ``seed + t`` for trial ``t``), each scored
+    by both on the whole test set, the figures averaged over the draws. The probe's ``C`` is
+    cross-validated over ``min(5, k)`` folds when ``k >= 2``, and fixed at ``few_shot_c`` at
+    one shot (no row left to choose it on). Features: ``[n, dim]``; labels ``[n]`` ints.
+
+    Returns:
+      ``{"linear_top1", "knn_top1", "<k>shot/linear_top1", "<k>shot/knn_top1",
+      "<k>shot/linear_top1_std", "<k>shot/knn_top1_std"}`` (std over the draws, ``ddof=0``).
+    """
+    trials = _positive_int(trials, "trials")
+    x_train, y_train = _as_features(train_features, "train_features"), np.asarray(train_labels)
+    x_test, y_test = _as_features(test_features, "test_features"), np.asarray(test_labels)
+
+    def scores(rows: np.ndarray | slice, fixed_c: float | None) -> dict[str, float]:
+        linear = linear_probe(
+            x_train[rows], y_train[rows], x_test, y_test, seed=seed, fixed_c=fixed_c
+        )
+        knn = knn_accuracy(
+            x_train[rows],
+            y_train[rows],
+            x_test,
+            y_test,
+            num_classes=num_classes,
+            k=knn_k,
+            temperature=knn_temperature,
+        )
+        return {"linear_top1": linear["probe_top1"], "knn_top1": knn["knn_top1"]}
+
+    results = scores(slice(None), None)
+    for k in shots:
+        draws = [
+            scores(few_shot_indices(y_train, k, seed + t), None if k >= 2 else few_shot_c)
+            for t in range(trials)
+        ]
+        for name in ("linear_top1", "knn_top1"):
+            values = np.array([d[name] for d in draws])
+            results[f"{k}shot/{name}"] = float(values.mean())
+            results[f"{k}shot/{name}_std"] = float(values.std())
+    return results

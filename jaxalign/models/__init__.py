@@ -6,22 +6,29 @@ from jaxalign.models.classifier import Classifier
 from jaxalign.models.cnn import ConvNet
 from jaxalign.models.dual_encoder import (
     PRESETS,
+    TOWER_PRESETS,
     DualEncoder,
     build,
     build_image_tower,
     image_stride,
     l2_normalize,
 )
+from jaxalign.models.resnet import ResNet
+from jaxalign.models.simclr import ProjectionHead, SimCLRModel
 from jaxalign.models.text import TextTransformer, check_token_ids
 from jaxalign.models.vit import ViT, decode_variant
 
 __all__ = [
     "PRESETS",
+    "TOWER_PRESETS",
     "AdaptationNet",
     "Classifier",
     "ConvNet",
     "DomainDiscriminator",
     "DualEncoder",
+    "ProjectionHead",
+    "ResNet",
+    "SimCLRModel",
     "TextTransformer",
     "ViT",
     "build",

@@ -9,7 +9,8 @@ before the projection), ``img/projected`` (after it, before normalising: what Hu
 
 Sizes: ``PRESETS`` and ``build(preset, **overrides)``. The image tower is a ViT, or for
 ``tiny-cnn`` (the CPU demo) a small ``ConvNet``, which learns the shapes of small drawn objects
-in far fewer steps than a ViT of the same cost.
+in far fewer steps than a ViT of the same cost. ``build_image_tower`` also builds the
+image-only ``TOWER_PRESETS`` (ResNets, ``jaxalign.models.resnet.PRESETS``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import jax.numpy as jnp
 
 from jaxalign.models.cnn import ConvNet
 from jaxalign.models.layers import dense
+from jaxalign.models.resnet import PRESETS as RESNET_PRESETS
+from jaxalign.models.resnet import ResNet
 from jaxalign.models.text import TextTransformer
 from jaxalign.models.vit import ViT, decode_variant
 
@@ -181,12 +184,19 @@ def build(
     )
 
 
-def build_image_tower(preset: str, **overrides: Any) -> ConvNet | ViT:
-    """The image tower of a preset alone (a ``ConvNet`` for "cnn" variants, else a ``ViT``),
-    ``overrides`` replacing its fields: the same module, with the same parameter names, as the
-    preset's dual encoder holds under ``image_tower``, so a classifier can take its weights."""
+TOWER_PRESETS: tuple[str, ...] = (*PRESETS, *RESNET_PRESETS)
+
+
+def build_image_tower(preset: str, **overrides: Any) -> ConvNet | ViT | ResNet:
+    """The image tower of a preset alone (a ``ConvNet`` for "cnn" variants, a ``ResNet`` for
+    ``resnet.PRESETS`` names, else a ``ViT``), ``overrides`` replacing its fields: the same
+    module, with the same parameter names, as the preset's dual encoder holds under
+    ``image_tower``, so a classifier can take its weights. ResNets (batch norm) are image-only
+    presets: no dual encoder is built with them."""
+    if preset in RESNET_PRESETS:
+        return ResNet(**{**RESNET_PRESETS[preset], **overrides})
     if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise ValueError(f"unknown model preset {preset!r}; choose from {TOWER_PRESETS}")
     p = PRESETS[preset]
     if p.image_variant == "cnn":
         return ConvNet(**{**CNN_FIELDS, **overrides})
@@ -199,6 +209,8 @@ def image_stride(preset: str, overrides: dict[str, Any]) -> tuple[int, str]:
     """``(stride, what)``: the image side must be a multiple of ``stride`` for the preset's
     image tower with ``overrides`` (a ConvNet's total pooling stride, or a ViT's patch size)."""
     tower = build_image_tower(preset, **overrides)
+    if isinstance(tower, ResNet):
+        return tower.stride, f"the ResNet's total stride {tower.stride}"
     if isinstance(tower, ConvNet):
         stride = 2 ** len(tower.channels)
         return stride, f"the ConvNet's total stride {stride}"

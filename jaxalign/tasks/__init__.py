@@ -9,6 +9,7 @@ from jaxalign.tasks.base import TASKS, ParamGroup, Task, get_task, register_task
 from jaxalign.tasks.classify import ClassifyTask
 from jaxalign.tasks.clip import ClipTask
 from jaxalign.tasks.clip_adapt import ClipAdaptTask
+from jaxalign.tasks.simclr import SimCLRTask
 
 __all__ = [
     "TASKS",
@@ -17,6 +18,7 @@ __all__ = [
     "ClipAdaptTask",
     "ClipTask",
     "ParamGroup",
+    "SimCLRTask",
     "Task",
     "get_task",
     "register_task",

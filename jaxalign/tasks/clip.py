@@ -42,6 +42,7 @@ from jaxalign.tasks.base import Task, register_task
 
 
 class ClipModel(images.ImageModel):
+    preset: images.Preset  # type: ignore[assignment]  # a dual-encoder size (no ResNet)
     logit_scale_init: float
     logit_bias_init: float | None
     text: Annotated[

@@ -34,22 +34,28 @@ from jaxalign.schema import (
     shard_problems,
 )
 
+TOWER_MODULES = {"ConvNet": "cnn", "ViT": "vit", "ResNet": "resnet"}  # class -> its file
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-Preset = Literal[tuple(models.PRESETS)]  # type: ignore[valid-type]
+Preset = Literal[tuple(models.PRESETS)]  # type: ignore[valid-type]  # dual-encoder sizes
+TowerPreset = Literal[tuple(models.TOWER_PRESETS)]  # type: ignore[valid-type]  # + ResNets
 Dtype = Literal[tuple(DTYPES)]  # type: ignore[valid-type]
 Remat = Literal[tuple(REMAT_POLICIES)]  # type: ignore[valid-type]
 IMAGE_FIELDS = ModuleFields(
-    (("jaxalign.models.cnn", "ConvNet"), ("jaxalign.models.vit", "ViT")),
+    (
+        ("jaxalign.models.cnn", "ConvNet"),
+        ("jaxalign.models.vit", "ViT"),
+        ("jaxalign.models.resnet", "ResNet"),
+    ),
     {"dtype": "model.dtype", "remat": "model.remat"},
 )
 
 
 class ImageModel(Group):
-    """The image tower of a ``model`` group: ``preset`` (a ``jaxalign.models.PRESETS`` name),
-    ``dtype`` (compute dtype), ``remat`` and ``image`` (tower fields overriding the preset's).
-    A task's model group extends it."""
+    """The image tower of a ``model`` group: ``preset`` (a ``jaxalign.models.TOWER_PRESETS``
+    name), ``dtype`` (compute dtype), ``remat`` and ``image`` (tower fields overriding the
+    preset's). A task's model group extends it."""
 
-    preset: Preset
+    preset: TowerPreset
     dtype: Dtype
     remat: Remat
     image: Annotated[dict[str, Any], IMAGE_FIELDS]
@@ -78,11 +84,10 @@ def image_tower(model: Any) -> Any:
 
 def image_tower_problems(model: Any, image_size: int) -> list[str]:
     """``model.image`` fields must belong to the preset's tower (``ConvNet`` for "cnn"
-    presets, else ``ViT``); ``data.image_size`` must be a multiple of its stride. Lines
-    relative to the whole config."""
-    cnn = models.PRESETS[model.preset].image_variant == "cnn"
-    tower = "ConvNet" if cnn else "ViT"
-    module = ModuleFields(((f"jaxalign.models.{'cnn' if cnn else 'vit'}", tower),))
+    presets, ``ResNet`` for ResNet presets, else ``ViT``); ``data.image_size`` must be a
+    multiple of its stride. Lines relative to the whole config."""
+    tower = type(models.build_image_tower(model.preset)).__name__
+    module = ModuleFields(((f"jaxalign.models.{TOWER_MODULES[tower]}", tower),))
     choices = sorted(set(module.fields()) - {"dtype", "remat"})
     problems = [
         f"model.image.{key}={value!r}: not a field of the {tower} image tower of "

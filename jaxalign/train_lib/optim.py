@@ -1,4 +1,4 @@
-"""The optimizer: AdamW with linear warmup and cosine decay, a weight-decay mask, gradient
+"""The optimizer: AdamW or LARS with linear warmup and cosine decay, a weight-decay mask, gradient
 clipping by global norm, and parameter groups (learning-rate multipliers, frozen parameters),
 optax throughout."""
 
@@ -57,15 +57,17 @@ def make_optimizer(
     optim: Any, total_steps: int, groups: Sequence[Any] = ()
 ) -> tuple[optax.GradientTransformation, Any]:
     """``(tx, schedule)`` from the config's ``optim`` group: clip by global norm
-    ``optim.clip_norm`` (0 = off), then AdamW (``b1``, ``b2``, ``eps``, ``weight_decay`` on
-    ``decay_mask``) at ``lr`` with ``warmup_steps`` of linear warmup from 0 and cosine decay to
-    ``lr * min_lr_ratio`` at ``total_steps``.
+    ``optim.clip_norm`` (0 = off), then ``optim.name``: AdamW (``b1``, ``b2``, ``eps``,
+    ``weight_decay`` on ``decay_mask``) or LARS (You et al. 2017, as SimCLR uses it: momentum
+    ``b1``, trust coefficient 0.001, weight decay and the trust ratio on ``decay_mask`` only,
+    so biases and norm parameters take plain momentum steps) at ``lr`` with ``warmup_steps``
+    of linear warmup from 0 and cosine decay to ``lr * min_lr_ratio`` at ``total_steps``.
 
     ``groups`` (``jaxalign.tasks.ParamGroup``: a path pattern and an ``lr_mult``) scale the
-    rate of the parameters they match (``optax.multi_transform``, one AdamW per group); frozen
-    ones (``lr_mult=0``) get ``optax.set_to_zero``: no update, no decay, no moments, and their
-    gradients are left out of the clipping norm. Without groups the optimizer is the plain
-    chain above.
+    rate of the parameters they match (``optax.multi_transform``, one optimizer per group);
+    frozen ones (``lr_mult=0``) get ``optax.set_to_zero``: no update, no decay, no moments,
+    and their gradients are left out of the clipping norm. Without groups the optimizer is
+    the plain chain above.
     """
     warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(
@@ -76,8 +78,16 @@ def make_optimizer(
         end_value=optim.lr * optim.min_lr_ratio,
     )
 
-    def adamw(scale: float) -> optax.GradientTransformation:
+    def optimizer(scale: float) -> optax.GradientTransformation:
         rate = schedule if scale == 1 else (lambda count: schedule(count) * scale)
+        if optim.name == "lars":
+            return optax.lars(
+                rate,
+                weight_decay=optim.weight_decay,
+                weight_decay_mask=decay_mask,
+                trust_ratio_mask=decay_mask,
+                momentum=optim.b1,
+            )
         return optax.adamw(
             rate,
             b1=optim.b1,
@@ -89,9 +99,11 @@ def make_optimizer(
 
     clip = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm > 0 else []
     if not groups:
-        return (optax.chain(*clip, adamw(1.0)) if clip else adamw(1.0)), schedule
-    transforms = {"default": adamw(1.0), FROZEN: optax.set_to_zero()}
-    transforms.update({f"group_{i}": adamw(g.lr_mult) for i, g in enumerate(groups) if g.lr_mult})
+        return (optax.chain(*clip, optimizer(1.0)) if clip else optimizer(1.0)), schedule
+    transforms = {"default": optimizer(1.0), FROZEN: optax.set_to_zero()}
+    transforms.update(
+        {f"group_{i}": optimizer(g.lr_mult) for i, g in enumerate(groups) if g.lr_mult}
+    )
 
     def labels(params: Any) -> Any:
         return group_labels(params, groups)

@@ -258,3 +258,51 @@ def test_bad_knn_options_are_named(kwargs, message):
 def test_bad_probe_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         linear_probe(_X, _Y, _X, _Y, **kwargs)
+
+
+def test_few_shot_indices_are_per_class_nested_and_deterministic():
+    labels = np.repeat(np.arange(4), [7, 5, 9, 6])
+    five = probe_lib.few_shot_indices(labels, 5, seed=3)
+    assert np.array_equal(np.bincount(labels[five]), [5, 5, 5, 5])
+    assert np.all(np.diff(five) > 0)  # increasing, no repeat
+    two = probe_lib.few_shot_indices(labels, 2, seed=3)
+    assert set(two) <= set(five)  # a smaller draw is part of a larger one
+    assert np.array_equal(probe_lib.few_shot_indices(labels, 5, seed=3), five)
+    assert not np.array_equal(probe_lib.few_shot_indices(labels, 5, seed=4), five)
+    with pytest.raises(ValueError, match="class 1 has 5 rows, fewer than shots=6"):
+        probe_lib.few_shot_indices(labels, 6, seed=0)
+
+
+def test_one_shot_probe_uses_the_fixed_c_and_no_cross_validation():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 4
+    train_y, test_y = np.arange(3), np.repeat(np.arange(3), 10)
+    train_x = centres[train_y] + rng.normal(size=(3, 8)) * 0.1
+    test_x = centres[test_y] + rng.normal(size=(30, 8)) * 0.1
+    out = linear_probe(train_x, train_y, test_x, test_y, fixed_c=0.5)
+    assert out["probe_c"] == 0.5 and np.isnan(out["probe_cv_top1"])
+    assert out["probe_top1"] == 1.0
+    with pytest.raises(ValueError, match="only once"):  # cross-validation needs 2 rows
+        linear_probe(train_x, train_y, test_x, test_y, c_grid=(0.5,))
+
+
+def test_probe_suite_reports_full_and_few_shot_figures():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(4, 6)) * 3
+    train_y, test_y = np.repeat(np.arange(4), 12), np.repeat(np.arange(4), 5)
+    train_x = centres[train_y] + rng.normal(size=(48, 6))
+    test_x = centres[test_y] + rng.normal(size=(20, 6))
+    out = probe_lib.probe_suite(
+        train_x, train_y, test_x, test_y, num_classes=4, shots=(1, 5), trials=2, knn_k=5
+    )
+    names = ["linear_top1", "knn_top1"]
+    expected = names + [f"{k}shot/{n}{s}" for k in (1, 5) for n in names for s in ("", "_std")]
+    assert sorted(out) == sorted(expected)
+    assert out["linear_top1"] >= 0.9 and out["knn_top1"] >= 0.9  # well-separated clusters
+    # A 5-shot figure is the mean of the probes on the two draws (seeds 0 and 1).
+    draws = [probe_lib.few_shot_indices(train_y, 5, seed=t) for t in (0, 1)]
+    knn = [
+        probe_lib.knn_accuracy(train_x[d], train_y[d], test_x, test_y, num_classes=4, k=5)
+        for d in draws
+    ]
+    assert out["5shot/knn_top1"] == pytest.approx(np.mean([k["knn_top1"] for k in knn]))

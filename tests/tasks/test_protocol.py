@@ -169,6 +169,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict(dict(num_examples=96, dim=4))
     config.optim = ml_collections.ConfigDict(
         dict(
+            name="adamw",
             lr=3e-2,
             warmup_steps=2,
             min_lr_ratio=0.1,

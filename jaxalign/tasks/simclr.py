@@ -1,0 +1,165 @@
+"""SimCLR (Chen et al., 2020): contrastive pretraining of an image encoder on two augmented
+views per image, NT-Xent over the global batch (``config.task="simclr"``). Keys and presets:
+``configs/simclr.py``.
+
+Batches are ``{"view1": [B, S, S, 3], "view2": [B, S, S, 3]}`` float32, batch over (``data``,
+``fsdp``): two ``SimCLRTransform`` views of each of ``B`` images of ``data.train_split``, drawn
+from the example's key (so fixed by ``(seed, epoch, index)``); labels are never read. The
+``2B`` views go through the network as one batch, so its batch norm (``jaxalign.models.resnet``
+and the projection head) normalises over all ``2B`` views of every device and process, in
+training and in the running averages, as SimCLR's TPU implementation does. Loss:
+``objectives.nt_xent`` of the two views' unit projections at ``objective.temperature``; every
+view's negatives are the other ``2B - 2`` views of the global batch.
+
+Evals (``jaxalign.tasks.probe_evals``): linear probe and k-NN on the frozen encoder features
+(before the projection head), full and few-shot.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any, Literal
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+from pydantic import Field
+
+from jaxalign import models, objectives
+from jaxalign.data import SimCLRTransform, make_pipeline
+from jaxalign.schema import Count, Group, NonNegativeFloat, PositiveFloat, PositiveInt
+from jaxalign.tasks import images
+from jaxalign.tasks.base import Task, register_task
+from jaxalign.tasks.probe_evals import FrozenProbe, ProbeEvals
+
+Area = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class SimCLRModelConfig(images.ImageModel):
+    projection_hidden: PositiveInt
+    projection_dim: PositiveInt
+
+
+class SimCLRData(Group):
+    source: Literal["builtin", "tfds"]
+    name: str
+    data_dir: str
+    train_split: str
+    image_size: PositiveInt
+    crop_area: tuple[Area, Area]
+    color_strength: NonNegativeFloat
+    blur: bool
+    worker_count: Count
+    prefetch: Count
+    max_skipped_in_a_row: PositiveInt
+
+    def rules(self) -> list[str]:
+        problems = images.dataset_problems(self)
+        if self.crop_area[0] > self.crop_area[1]:
+            problems.append(f"crop_area={self.crop_area}: the smaller area comes first")
+        return problems
+
+
+class SimCLRObjective(Group):
+    temperature: PositiveFloat
+
+
+class SimCLRConfig(images.ImageTaskConfig):
+    """The SimCLR task's config (keys documented in ``configs/simclr.py``)."""
+
+    task: Literal["simclr"]
+    model: SimCLRModelConfig
+    data: SimCLRData
+    objective: SimCLRObjective
+    evals: ProbeEvals
+
+    def rules(self) -> list[str]:
+        problems = []
+        if self.optim.micro_batches != 1:
+            problems.append(
+                f"optim.micro_batches={self.optim.micro_batches}: SimCLR's negatives and batch "
+                "norm span the whole batch; set it to 1"
+            )
+        return problems + images.image_tower_problems(self.model, self.data.image_size)
+
+
+@register_task
+class SimCLRTask(Task):
+    """Model, loss, data and evals of SimCLR (see the module docstring)."""
+
+    name = "simclr"
+    Config = SimCLRConfig
+
+    def __init__(self, config: SimCLRConfig, mesh: Mesh):
+        self.config, self.mesh = config, mesh
+        self.dataset = images.ImageDataset(config.data)
+        self.probe = FrozenProbe(config, self.dataset, mesh)
+
+    def prepare_data(self) -> None:
+        self.dataset.prepare()
+        self.dataset.source(self.config.data.train_split, key="data.train_split")
+        self.probe.check()
+
+    def train_stream(self) -> Any:
+        data = self.config.data
+        source = self.dataset.source(data.train_split, key="data.train_split")
+        return make_pipeline(
+            images.Unlabelled(source, tuple(k for k in source[0] if k != "image")),
+            seed=self.config.seed,
+            global_batch_size=self.config.train.global_batch_size,
+            transform=SimCLRTransform(
+                data.image_size,
+                strength=data.color_strength,
+                scale=data.crop_area,
+                blur=data.blur,
+            ),
+            worker_count=data.worker_count,
+            prefetch=data.prefetch,
+            max_skipped_in_a_row=data.max_skipped_in_a_row,
+        )
+
+    @functools.cached_property
+    def model(self) -> models.SimCLRModel:
+        m = self.config.model
+        return models.SimCLRModel(
+            images.image_tower(m),
+            m.projection_hidden,
+            m.projection_dim,
+            dtype=images.DTYPES[m.dtype],
+        )
+
+    def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+        batch, size = self.config.train.global_batch_size, self.config.data.image_size
+        view = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+        return {"view1": view, "view2": view}
+
+    def init(self, rng: jax.Array) -> Any:
+        size = self.config.data.image_size
+        return self.model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32))
+
+    def loss(self, params, model_state, batch, rng, step):
+        """NT-Xent over the global batch's ``2B`` views; metrics: the mean cosine similarity of
+        the two views' projections (``positive_similarity``)."""
+        del rng, step
+        views = jnp.concatenate([batch["view1"], batch["view2"]])  # [2B, S, S, 3]
+        (z, _), model_state = self.model.apply(
+            {"params": params, **model_state},
+            views,
+            deterministic=False,
+            mutable=list(model_state),
+        )
+        z1, z2 = jnp.split(z, 2)
+        loss = objectives.nt_xent(z1, z2, self.config.objective.temperature, mesh=self.mesh)
+        similarity = jnp.mean(jnp.sum(z1 * z2, axis=-1))
+        return loss, dict(model_state), {"positive_similarity": similarity}
+
+    @functools.cached_property
+    def _features_fn(self):
+        def features(variables, batch):
+            return {"features": self.model.apply(variables, batch["image"], method="features")}
+
+        return jax.jit(features)
+
+    def evaluate(self, variables: Any, *, progress: bool = False) -> dict[str, float]:
+        """Linear probe and k-NN on the encoder's features (``jaxalign.tasks.probe_evals``)."""
+        return self.probe.evaluate(self._features_fn, variables, progress=progress)
