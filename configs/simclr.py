@@ -43,6 +43,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxalign import config as config_lib
+from jaxalign.tasks import probe_evals
 
 PRESETS: tuple[str, ...] = ("digits", "resnet50_imagenet", "tiny")
 
@@ -86,17 +87,7 @@ def digits() -> ml_collections.ConfigDict:
         global_batch_size=128, steps=300, log_every=25, checkpoint_every=100, eval_every=300
     )
 
-    config.evals = ml_collections.ConfigDict()
-    config.evals.train_split = "source_train"
-    config.evals.test_split = "source_test"
-    config.evals.label_key = "label"
-    config.evals.batch_size = 256
-    config.evals.max_train_examples = 0
-    config.evals.max_test_examples = 0
-    config.evals.shots = (1, 5, 10, 25)
-    config.evals.trials = 3
-    config.evals.knn_k = 20
-    config.evals.knn_temperature = 0.07
+    config.evals = probe_evals.digits_group()
 
     config.mesh = config_lib.mesh_group()
     return config

@@ -44,7 +44,7 @@ from jaxalign.tasks import Task, get_task
 from jaxalign.train_lib import TrainState, make_optimizer, make_train_step
 from jaxalign.train_lib.checkpoint import Checkpointer
 from jaxalign.train_lib.loop import Loop, Preempted, SavesFailedError, TrainingDivergedError
-from jaxalign.train_lib.metric_writers import MetricWriter, read_metrics
+from jaxalign.train_lib.metric_writers import MetricWriter, read_metrics, save_pngs
 from jaxalign.train_lib.preemption import PREEMPTED_EXIT_CODE, StopSignal
 from jaxalign.train_lib.throughput import Throughput, peak_flops, step_flops
 from jaxalign.train_lib.transfer import load_from_run
@@ -402,8 +402,13 @@ def evaluate_workdir(
     )
     results = setup.task.evaluate(state.eval_variables(), progress=bool(progress))
     out = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
+    eval_images = getattr(setup.task, "eval_images", None)
     try:
         _write_json(os.path.join(workdir, "eval.json"), out)
+        if eval_images is not None:
+            pictures = eval_images(state.eval_variables())  # on every process: it may compute
+            if jax.process_index() == 0:
+                save_pngs(workdir, step, pictures)
     except OSError as error:  # a read-only run: the figures are still returned (and printed)
         print(f"note: eval.json not written in {workdir} ({error.strerror})", file=sys.stderr)
     return out

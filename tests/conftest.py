@@ -32,15 +32,22 @@ def eight_devices():
 
 
 @pytest.fixture(scope="session")
-def shapes_data_dir(tmp_path_factory):
-    """The built-in ``shapes_captions`` dataset and its caption tokenizer, built once for the
-    session (the trainer tests' data)."""
+def builtin_data_dir(tmp_path_factory):
+    """Both built-in datasets (``shapes_captions``, ``digits_domains``) and the caption
+    tokenizer, built once for the session in one directory (the trainer tests' data)."""
     from jaxalign.data import builtin
 
-    path = tmp_path_factory.mktemp("shapes_data")
+    path = tmp_path_factory.mktemp("builtin_data")
     builtin.prepare("shapes_captions", path)
+    builtin.prepare("digits_domains", path)
     builtin.build_caption_tokenizer(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(builtin_data_dir):
+    """The data directory of ``shapes_captions`` and its tokenizer (``builtin_data_dir``)."""
+    return builtin_data_dir
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """Flax linen models, one per file: ViT and text towers, a small CNN, the dual encoder, the
-image classifier, the domain-adaptation network."""
+image classifier, the domain-adaptation network, a ResNet with global batch norm, SimCLR's
+network, a convolutional autoencoder and a masked autoencoder."""
 
 from jaxalign.models.adapter import AdaptationNet, DomainDiscriminator
+from jaxalign.models.autoencoder import ConvAutoencoder
 from jaxalign.models.classifier import Classifier
 from jaxalign.models.cnn import ConvNet
 from jaxalign.models.dual_encoder import (
@@ -13,6 +15,7 @@ from jaxalign.models.dual_encoder import (
     image_stride,
     l2_normalize,
 )
+from jaxalign.models.mae import MaskedAutoencoder
 from jaxalign.models.resnet import ResNet
 from jaxalign.models.simclr import ProjectionHead, SimCLRModel
 from jaxalign.models.text import TextTransformer, check_token_ids
@@ -23,9 +26,11 @@ __all__ = [
     "TOWER_PRESETS",
     "AdaptationNet",
     "Classifier",
+    "ConvAutoencoder",
     "ConvNet",
     "DomainDiscriminator",
     "DualEncoder",
+    "MaskedAutoencoder",
     "ProjectionHead",
     "ResNet",
     "SimCLRModel",

@@ -54,6 +54,10 @@ class ViT(nn.Module):
     Intermediates: ``"patches"`` ``[batch, grid_h * grid_w, width]`` (embedded patches, before
     the encoder), ``"encoded"`` ``[batch, tokens, width]`` (after the final LayerNorm),
     ``"pooled"`` ``[batch, width]`` (the pooled feature; also the return value).
+
+    ``keep``: ``[batch, K]`` int patch indices (row-major over the grid); only those patches
+    (after their position embeddings, in that order, behind the class token if any) enter the
+    encoder, so ``tokens = K (+ 1)``: a masked autoencoder's encoder (He et al., 2022).
     Activations: batch over ``act_batch`` (``data``, ``fsdp``).
     """
 
@@ -74,7 +78,7 @@ class ViT(nn.Module):
 
     @nn.compact
     def __call__(
-        self, images: jax.Array, deterministic: bool = True
+        self, images: jax.Array, deterministic: bool = True, keep: jax.Array | None = None
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         chex.assert_rank(images, 4)
         _, height, width, _ = images.shape
@@ -127,6 +131,11 @@ class ViT(nn.Module):
             if self.pool == "cls":  # the class token has no position
                 pos = jnp.concatenate([jnp.zeros((1, self.width)), pos], 0)
         x = x + pos.astype(x.dtype)[None]
+        if keep is not None:
+            chex.assert_shape(keep, (batch, None))
+            first = int(self.pool == "cls")
+            kept = jnp.take_along_axis(x[:, first:], keep[..., None], axis=1)
+            x = jnp.concatenate([x[:, :first], kept], axis=1)
         x = nn.with_logical_constraint(x, RESIDUAL)
         if self.ln_pre:
             x = layer_norm(self.ln_eps, self.dtype, name="ln_pre")(x)

@@ -112,6 +112,13 @@ class Task(Protocol):
         with an ``eval/`` prefix. None by default."""
         return {}
 
+    def eval_images(self, variables: Any) -> dict[str, Any]:
+        """Pictures of the evals of ``variables`` (as ``evaluate``), ``{name: [H, W, 3]
+        uint8}`` (e.g. inputs above their reconstructions); the trainer writes each as
+        ``images/<name>_step<step>.png`` in the work directory and to TensorBoard. None by
+        default."""
+        return {}
+
     def report(self, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """Figures for ``summary.json`` drawn from the finished run's logged rows (every row
         of ``metrics.jsonl``: ``{"step": s, ...}``, eval rows with ``eval/`` keys), e.g. model

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
@@ -121,6 +122,25 @@ class FrozenProbe:
             knn_temperature=ev.knn_temperature,
         )
         return {f"probe/{name}": value for name, value in scores.items()}
+
+
+def digits_group(**values: Any) -> ml_collections.ConfigDict:
+    """A config file's ``evals`` group probing ``digits_domains``' source domain
+    (``source_train`` -> ``source_test``, every example, 1 / 5 / 10 / 25 shots, 3 draws, k-NN
+    with k = 20 at temperature 0.07); ``values`` set or replace keys."""
+    group = dict(
+        train_split="source_train",
+        test_split="source_test",
+        label_key="label",
+        batch_size=256,
+        max_train_examples=0,
+        max_test_examples=0,
+        shots=(1, 5, 10, 25),
+        trials=3,
+        knn_k=20,
+        knn_temperature=0.07,
+    )
+    return ml_collections.ConfigDict({**group, **values})
 
 
 def pixel_features(_: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:

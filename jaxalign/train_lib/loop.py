@@ -271,8 +271,12 @@ class Loop:
             )
             return {}
         started = time.perf_counter()
-        results = self.task.evaluate(state.eval_variables(), progress=bool(progress))
+        variables = state.eval_variables()
+        results = self.task.evaluate(variables, progress=bool(progress))
         row = {f"eval/{k}": v for k, v in results.items()}
+        eval_images = getattr(self.task, "eval_images", None)  # a task may lack the default
+        if eval_images is not None:
+            self.writer.write_images(step, eval_images(variables))
         if row:
             self.writer.write(step, row)
             shown = ", ".join(f"{k} {v:.4g}" for k, v in results.items() if "chance" not in k)

@@ -5,7 +5,8 @@ Only process 0 writes. ``metrics.jsonl`` has one JSON object per logged step (``
 so a run killed at any time keeps every row it logged. When a run resumes from a checkpoint at
 step ``s``, rows after ``s`` (logged after that checkpoint, before the crash) are dropped, so the
 file reads as one uninterrupted run; TensorBoard drops its events after ``s`` the same way
-(``purge_step``).
+(``purge_step``). Eval pictures (a task's ``eval_images``) go to ``images/<name>_step<step>.png``
+and TensorBoard.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 METRICS_FILE = "metrics.jsonl"
+IMAGES_DIR = "images"  # eval pictures: <name>_step<step>.png
 
 
 def _plain(value: Any) -> Any:
@@ -78,6 +81,20 @@ def truncate_after(workdir: str | os.PathLike, step: int, *, evals_at_step: bool
     return len(lines) - len(kept)
 
 
+def save_pngs(workdir: str | os.PathLike, step: int, images: Mapping[str, Any]) -> list[str]:
+    """Writes each ``{name: [H, W, 3] uint8}`` as ``workdir/images/<name>_step<step>.png``;
+    returns the paths."""
+    from PIL import Image
+
+    os.makedirs(os.path.join(workdir, IMAGES_DIR), exist_ok=True)
+    paths = []
+    for name, image in images.items():
+        path = os.path.join(workdir, IMAGES_DIR, f"{name}_step{int(step)}.png")
+        Image.fromarray(np.asarray(image, np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
 class MetricWriter:
     """Writes a run's metrics (see the module docstring).
 
@@ -103,6 +120,7 @@ class MetricWriter:
         self._file = None
         self._tensorboard = None
         self._bar = None
+        self.workdir = os.fspath(workdir)
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
@@ -139,6 +157,17 @@ class MetricWriter:
                 self._tensorboard.add_scalar(key, value, step)
         self._tensorboard.flush()
         return row
+
+    def write_images(self, step: int, images: Mapping[str, Any]) -> list[str]:
+        """Writes each ``{name: [H, W, 3] uint8}`` as ``images/<name>_step<step>.png`` in the
+        work directory and to TensorBoard; returns the paths written."""
+        if not self.enabled or not images:
+            return []
+        paths = save_pngs(self.workdir, step, images)
+        for name, image in images.items():
+            self._tensorboard.add_image(name, np.asarray(image, np.uint8), step, dataformats="HWC")
+        self._tensorboard.flush()
+        return paths
 
     def advance(self, step: int, postfix: Mapping[str, str] | None = None) -> None:
         """Moves the progress bar to ``step``."""

@@ -30,12 +30,8 @@ EIGHT = {"mesh.data": 2, "mesh.fsdp": 4}  # 2x4: the batch over 8 shards, parame
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from jaxalign.data import builtin
-
-    path = tmp_path_factory.mktemp("digits")
-    builtin.prepare("digits_domains", path)
-    return str(path)
+def data_dir(builtin_data_dir):
+    return builtin_data_dir  # tests/conftest.py: both built-in datasets, built once
 
 
 def _overrides(data_dir, method, **extra):

@@ -27,14 +27,8 @@ pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/confte
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from jaxalign.data import builtin
-
-    path = tmp_path_factory.mktemp("data")
-    builtin.prepare("digits_domains", path)
-    builtin.prepare("shapes_captions", path)
-    builtin.build_caption_tokenizer(path)
-    return str(path)
+def data_dir(builtin_data_dir):
+    return builtin_data_dir  # tests/conftest.py: both built-in datasets, built once
 
 
 def _load(spec, data_dir, **overrides):

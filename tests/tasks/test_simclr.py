@@ -23,12 +23,8 @@ CONFIG = str(ROOT / "configs" / "simclr.py")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from jaxalign.data import builtin
-
-    path = tmp_path_factory.mktemp("digits")
-    builtin.prepare("digits_domains", path)
-    return str(path)
+def data_dir(builtin_data_dir):
+    return builtin_data_dir  # tests/conftest.py: both built-in datasets, built once
 
 
 def _overrides(data_dir, **extra):
