@@ -1,6 +1,7 @@
 """Flax linen models, one per file: ViT and text towers, a small CNN, the dual encoder, the
 image classifier, the domain-adaptation network, a ResNet with global batch norm, SimCLR's
-network, a convolutional autoencoder and a masked autoencoder."""
+network, a convolutional autoencoder, a masked autoencoder and a
+masked language model."""
 
 from jaxalign.models.adapter import AdaptationNet, DomainDiscriminator
 from jaxalign.models.autoencoder import ConvAutoencoder
@@ -16,6 +17,7 @@ from jaxalign.models.dual_encoder import (
     l2_normalize,
 )
 from jaxalign.models.mae import MaskedAutoencoder
+from jaxalign.models.mlm import MaskedLanguageModel
 from jaxalign.models.resnet import ResNet
 from jaxalign.models.simclr import ProjectionHead, SimCLRModel
 from jaxalign.models.text import TextTransformer, check_token_ids
@@ -31,6 +33,7 @@ __all__ = [
     "DomainDiscriminator",
     "DualEncoder",
     "MaskedAutoencoder",
+    "MaskedLanguageModel",
     "ProjectionHead",
     "ResNet",
     "SimCLRModel",

@@ -61,6 +61,7 @@ def bert_mask(
     mask_token_id: int,
     vocab_size: int,
     ratio: float = 0.15,
+    indices: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """BERT's masked-language-model corruption of ``ids`` ``[batch, length]``.
 
@@ -68,14 +69,19 @@ def bert_mask(
     ``maskable`` tokens (``[batch, length]`` bool: not special, not padding; others are never
     chosen), uniformly at random among them. Each chosen token independently becomes
     ``mask_token_id`` with probability 0.8, a token drawn uniformly from ``[0, vocab_size)``
-    with 0.1, and stays itself with 0.1 (the loss is still computed on it).
+    with 0.1, and stays itself with 0.1 (the loss is still computed on it). Row ``i`` draws
+    from ``fold_in(rng, indices[i])`` (``indices``: ``[batch]`` example indices; default its
+    position in the batch).
 
     Returns:
       ``(inputs [batch, length] int32, chosen [batch, length] bool)``.
     """
     chex.assert_equal_shape([ids, maskable])
     batch, length = ids.shape
-    keys = _example_keys(rng, batch)
+    if indices is None:
+        keys = _example_keys(rng, batch)
+    else:
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(indices)
 
     def one(key, row_ids, row_maskable):
         pick, kind, token = jax.random.split(key, 3)

@@ -11,6 +11,7 @@ from jaxalign.tasks.classify import ClassifyTask
 from jaxalign.tasks.clip import ClipTask
 from jaxalign.tasks.clip_adapt import ClipAdaptTask
 from jaxalign.tasks.mae import MAETask
+from jaxalign.tasks.mlm import MLMTask
 from jaxalign.tasks.simclr import SimCLRTask
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ClipAdaptTask",
     "ClipTask",
     "MAETask",
+    "MLMTask",
     "ParamGroup",
     "SimCLRTask",
     "Task",
