@@ -27,12 +27,12 @@ over the seeds, ``mean +- t_{0.975, n-1} * std / sqrt(n)``.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
+import functools
 import os
 import statistics
 import time
 
-from study_runs import cell, publish, train  # benchmarks/, the script's own folder
+from study_runs import cell, publish, run_parallel, train  # benchmarks/, the script's own folder
 
 METHODS = ("source_only", "dann", "mmd", "coral", "train_on_target")
 VALIDATORS = ("neg_entropy", "info_max", "snd", "bnm", "confidence")
@@ -92,20 +92,7 @@ def main() -> None:
         workdir = os.path.join(args.workdir, f"{method},{target}", f"seed{seed}")
         return train(f"configs/adapt_digits.py:{method},{target}", workdir, seed, args.override)
 
-    summaries = {}
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each run a subprocess
-        futures = {pool.submit(run, *key): key for key in runs}
-        for future in concurrent.futures.as_completed(futures):
-            method, target, seed = key = futures[future]
-            if future.exception() is not None:  # runs not started yet are dropped
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise future.exception()
-            summaries[key] = future.result()
-            print(
-                f"[{len(summaries)}/{len(runs)}] {method},{target} seed {seed}: "
-                f"{summaries[key]['wall_s']:.0f} s",
-                flush=True,
-            )
+    summaries = run_parallel(args.jobs, {key: functools.partial(run, *key) for key in runs})
     results = {(m, t): [summaries[(m, t, seed)] for seed in seeds] for m, t in cells}
     print(f"{len(runs)} runs, {args.jobs} at a time: {time.perf_counter() - started:.0f} s")
     report = table(results, methods, targets)

@@ -4,6 +4,7 @@ seed in its own work directory, finished runs skipped, and the 95% Student-t int
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import os
@@ -11,6 +12,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,6 +50,26 @@ def train(spec: str, workdir: str, seed: int, overrides: list[str]) -> dict:
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     return {**finished(workdir), "wall_s": time.perf_counter() - started}
+
+
+def run_parallel(jobs: int, runs: dict[Any, Callable[[], dict]]) -> dict[Any, dict]:
+    """``{key: runs[key]()}``, ``jobs`` calls at a time (each a ``train``: a subprocess), a line
+    printed as each finishes; the first failure cancels the runs not started yet and is
+    raised."""
+    results: dict[Any, dict] = {}
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(run): key for key, run in runs.items()}
+        for future in concurrent.futures.as_completed(futures):
+            key = futures[future]
+            if future.exception() is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise future.exception()
+            results[key] = future.result()
+            name = " ".join(str(part) for part in (key if isinstance(key, tuple) else (key,)))
+            print(
+                f"[{len(results)}/{len(runs)}] {name}: {results[key]['wall_s']:.0f} s", flush=True
+            )
+    return results
 
 
 def interval(values: list[float]) -> tuple[float, float, float, float]:
