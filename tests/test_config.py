@@ -186,7 +186,7 @@ def test_a_key_given_twice_is_refused():
 def test_overriding_the_task_checks_the_new_tasks_schema():
     message = _fails(["task=classify"], "config.model.logit_scale_init", "unknown key")
     assert "config.model.backbone_lr_mult: missing" in message
-    _fails(["task=mae"], "config.task='mae'", "'classify'", "'clip'")
+    _fails(["task=vqgan"], "config.task='vqgan'", "'classify'", "'clip'", "'mae'")
 
 
 # --- schema ------------------------------------------------------------------------------------
