@@ -1,5 +1,5 @@
 """The autoencoder and MAE tasks on their tiny presets: 1 device equals 8 (2x4) for 10 steps;
-exact resume after SIGKILL; MAE keeps exactly (1 - ratio) of every example's patches, the same
+MAE's exact resume after SIGKILL; MAE keeps exactly (1 - ratio) of every example's patches, the same
 on any mesh, and its loss reads hidden patches only; every eval writes the reconstruction
 picture; bad configs refused."""
 
@@ -60,9 +60,17 @@ def test_one_device_equals_eight_for_ten_steps(task, builtin_data_dir, tmp_path)
     assert picture.std() > 10  # not a blank canvas
 
 
-@pytest.mark.parametrize("task", TASKS)
-def test_sigkill_between_checkpoints_resumes_bit_for_bit(task, builtin_data_dir, tmp_path):
-    extra = {"train.steps": 8, "train.checkpoint_every": 4, "train.eval_every": 8}
+def test_sigkill_between_checkpoints_resumes_bit_for_bit(builtin_data_dir, tmp_path):
+    # MAE: its masks come from the step's key. (The autoencoder's state and stream are the
+    # same kinds as MAE's and the trainer's own tests': resuming them holds no new case.)
+    task = "mae"
+    extra = {
+        "train.steps": 8,
+        "train.checkpoint_every": 4,
+        "train.eval_every": 8,
+        "evals.grid_examples": 0,
+        "evals.shots": "(2,)",
+    }
     overrides = [f"--config.{o}" for o in _overrides(builtin_data_dir, **extra)]
     reference = run_trainer(_spec(task), tmp_path / "reference", overrides)
     assert reference.returncode == 0, reference.stderr[-3000:]

@@ -71,6 +71,7 @@ def test_one_device_equals_eight_for_ten_steps(data_dir, tmp_path):
 
 def test_sigkill_between_checkpoints_resumes_bit_for_bit(data_dir, tmp_path):
     extra = {"train.steps": 8, "train.checkpoint_every": 4, "train.eval_every": 8}
+    extra["evals.shots"] = "(2,)"
     overrides = [f"--config.{o}" for o in _overrides(data_dir, **extra)]
     reference = run_trainer(f"{CONFIG}:tiny", tmp_path / "reference", overrides)
     assert reference.returncode == 0, reference.stderr[-3000:]
