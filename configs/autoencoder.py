@@ -29,7 +29,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxalign import config as config_lib
-from jaxalign.tasks import probe_evals
+from jaxalign.tasks import probe_evals, reconstruction
 
 PRESETS: tuple[str, ...] = ("digits", "imagenet64", "tiny")
 
@@ -43,20 +43,7 @@ def digits() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         dict(channels=(32, 64), latent_dim=64, dtype="float32")
     )
-    config.data = ml_collections.ConfigDict(
-        dict(
-            source="builtin",
-            name="digits_domains",
-            data_dir="~/.cache/jaxalign/datasets",
-            train_split="source_train",
-            image_size=32,
-            crop_area=(0.8, 1.0),
-            flip=False,
-            worker_count=0,
-            prefetch=2,
-            max_skipped_in_a_row=1000,
-        )
-    )
+    config.data = reconstruction.digits_data_group()
     config.optim = config_lib.optim_group(
         lr=2e-3, warmup_steps=20, min_lr_ratio=0.0, weight_decay=1e-4
     )

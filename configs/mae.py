@@ -34,7 +34,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxalign import config as config_lib
-from jaxalign.tasks import probe_evals
+from jaxalign.tasks import probe_evals, reconstruction
 
 PRESETS: tuple[str, ...] = ("digits", "vit_b16_imagenet", "tiny")
 
@@ -56,20 +56,7 @@ def digits() -> ml_collections.ConfigDict:
     config.model.decoder_depth = 2
     config.model.decoder_heads = 4
     config.model.decoder_mlp_dim = 128
-    config.data = ml_collections.ConfigDict(
-        dict(
-            source="builtin",
-            name="digits_domains",
-            data_dir="~/.cache/jaxalign/datasets",
-            train_split="source_train",
-            image_size=32,
-            crop_area=(0.8, 1.0),
-            flip=False,
-            worker_count=0,
-            prefetch=2,
-            max_skipped_in_a_row=1000,
-        )
-    )
+    config.data = reconstruction.digits_data_group()
     config.objective = ml_collections.ConfigDict(dict(mask_ratio=0.75, norm_pix_loss=True))
     config.optim = config_lib.optim_group(
         lr=1e-3, warmup_steps=20, min_lr_ratio=0.0, weight_decay=0.05, b2=0.95

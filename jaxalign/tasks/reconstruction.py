@@ -1,6 +1,6 @@
-"""What the reconstruction tasks (``autoencoder``, ``mae``) share: unlabelled images in, the
-config groups of their data and evals, the frozen-feature probes, and the picture of their
-reconstructions that every eval writes.
+"""What the reconstruction tasks (``autoencoder``, ``mae``) share beyond
+``jaxalign.tasks.unlabelled_images``: the config groups of their data and evals, random crops
+as the training transform, and the picture of their reconstructions that every eval writes.
 
 Batches are ``{"image": [B, S, S, 3]}`` float32 (normalised with ``data.ImageTransform``'s
 mean and std), batch over (``data``, ``fsdp``): random crops of ``data.crop_area`` of the area
@@ -14,21 +14,20 @@ writes as ``images/reconstructions_step<step>.png``.
 
 from __future__ import annotations
 
-import functools
 from typing import Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from jax.sharding import Mesh
 from pydantic import Field
 
-from jaxalign.data import CLIP_MEAN, CLIP_STD, ExampleKey, ImageTransform, make_pipeline
+from jaxalign.data import CLIP_MEAN, CLIP_STD, ExampleKey, ImageTransform
 from jaxalign.evals.image_grid import denormalize, image_grid
 from jaxalign.schema import Count, Group, PositiveInt
 from jaxalign.tasks import images
-from jaxalign.tasks.base import Task
-from jaxalign.tasks.probe_evals import FrozenProbe, ProbeEvals
+from jaxalign.tasks.probe_evals import ProbeEvals
+from jaxalign.tasks.unlabelled_images import UnlabelledImageTask
 
 Area = Annotated[float, Field(gt=0.0, le=1.0)]
 
@@ -57,59 +56,39 @@ class ReconstructionEvals(ProbeEvals):
     grid_scale: PositiveInt
 
 
-class ReconstructionTask(Task):
-    """Data, probes and pictures; a subclass gives ``model``, ``init``, ``loss``,
-    ``features(variables, images) -> [b, F]`` and ``picture_rows(variables, images)``."""
+def digits_data_group(**values: Any) -> ml_collections.ConfigDict:
+    """A config file's ``data`` group for pretraining on ``digits_domains``' ``source_train``
+    images at 32 px: crops of 80-100% of the area, no flips (digits are not symmetric);
+    ``values`` set or replace keys."""
+    group = dict(
+        source="builtin",
+        name="digits_domains",
+        data_dir="~/.cache/jaxalign/datasets",
+        train_split="source_train",
+        image_size=32,
+        crop_area=(0.8, 1.0),
+        flip=False,
+        worker_count=0,
+        prefetch=2,
+        max_skipped_in_a_row=1000,
+    )
+    return ml_collections.ConfigDict({**group, **values})
 
-    def __init__(self, config: Any, mesh: Mesh):
-        self.config, self.mesh = config, mesh
-        self.dataset = images.ImageDataset(config.data)
-        self.probe = FrozenProbe(config, self.dataset, mesh)
 
-    def prepare_data(self) -> None:
-        self.dataset.prepare()
-        self.dataset.source(self.config.data.train_split, key="data.train_split")
-        self.probe.check()
+class ReconstructionTask(UnlabelledImageTask):
+    """Random crops (and flips) of unlabelled images, and the reconstruction picture; a
+    subclass gives ``model``, ``loss``, ``features`` and ``picture_rows(variables, images)``."""
 
-    def train_stream(self) -> Any:
+    def train_transform(self) -> ImageTransform:
         data = self.config.data
-        source = self.dataset.source(data.train_split, key="data.train_split")
-        return make_pipeline(
-            images.Unlabelled(source, tuple(k for k in source[0] if k != "image")),
-            seed=self.config.seed,
-            global_batch_size=self.config.train.global_batch_size,
-            transform=ImageTransform(
-                data.image_size, train=True, scale=data.crop_area, flip=data.flip
-            ),
-            worker_count=data.worker_count,
-            prefetch=data.prefetch,
-            max_skipped_in_a_row=data.max_skipped_in_a_row,
-        )
+        return ImageTransform(data.image_size, train=True, scale=data.crop_area, flip=data.flip)
 
     def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
         batch, size = self.config.train.global_batch_size, self.config.data.image_size
         return {"image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)}
 
-    def init(self, rng: jax.Array) -> Any:
-        size = self.config.data.image_size
-        return self.model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32))
-
-    def features(self, variables: Any, images: jax.Array) -> jax.Array:
-        raise NotImplementedError
-
     def picture_rows(self, variables: Any, images: jax.Array) -> list[jax.Array]:
         raise NotImplementedError
-
-    @functools.cached_property
-    def _features_fn(self):
-        def features(variables, batch):
-            return {"features": self.features(variables, batch["image"])}
-
-        return jax.jit(features)
-
-    def evaluate(self, variables: Any, *, progress: bool = False) -> dict[str, float]:
-        """Linear probe and k-NN on the encoder's features (``jaxalign.tasks.probe_evals``)."""
-        return self.probe.evaluate(self._features_fn, variables, progress=progress)
 
     def eval_images(self, variables: Any) -> dict[str, np.ndarray]:
         """``{"reconstructions": [H, W, 3] uint8}``: ``picture_rows`` of the first

@@ -22,15 +22,15 @@ from typing import Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 from pydantic import Field
 
 from jaxalign import models, objectives
-from jaxalign.data import SimCLRTransform, make_pipeline
+from jaxalign.data import SimCLRTransform
 from jaxalign.schema import Count, Group, NonNegativeFloat, PositiveFloat, PositiveInt
 from jaxalign.tasks import images
-from jaxalign.tasks.base import Task, register_task
-from jaxalign.tasks.probe_evals import FrozenProbe, ProbeEvals
+from jaxalign.tasks.base import register_task
+from jaxalign.tasks.probe_evals import ProbeEvals
+from jaxalign.tasks.unlabelled_images import UnlabelledImageTask
 
 Area = Annotated[float, Field(gt=0.0, le=1.0)]
 
@@ -84,38 +84,16 @@ class SimCLRConfig(images.ImageTaskConfig):
 
 
 @register_task
-class SimCLRTask(Task):
+class SimCLRTask(UnlabelledImageTask):
     """Model, loss, data and evals of SimCLR (see the module docstring)."""
 
     name = "simclr"
     Config = SimCLRConfig
 
-    def __init__(self, config: SimCLRConfig, mesh: Mesh):
-        self.config, self.mesh = config, mesh
-        self.dataset = images.ImageDataset(config.data)
-        self.probe = FrozenProbe(config, self.dataset, mesh)
-
-    def prepare_data(self) -> None:
-        self.dataset.prepare()
-        self.dataset.source(self.config.data.train_split, key="data.train_split")
-        self.probe.check()
-
-    def train_stream(self) -> Any:
+    def train_transform(self) -> SimCLRTransform:
         data = self.config.data
-        source = self.dataset.source(data.train_split, key="data.train_split")
-        return make_pipeline(
-            images.Unlabelled(source, tuple(k for k in source[0] if k != "image")),
-            seed=self.config.seed,
-            global_batch_size=self.config.train.global_batch_size,
-            transform=SimCLRTransform(
-                data.image_size,
-                strength=data.color_strength,
-                scale=data.crop_area,
-                blur=data.blur,
-            ),
-            worker_count=data.worker_count,
-            prefetch=data.prefetch,
-            max_skipped_in_a_row=data.max_skipped_in_a_row,
+        return SimCLRTransform(
+            data.image_size, strength=data.color_strength, scale=data.crop_area, blur=data.blur
         )
 
     @functools.cached_property
@@ -133,10 +111,6 @@ class SimCLRTask(Task):
         view = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
         return {"view1": view, "view2": view}
 
-    def init(self, rng: jax.Array) -> Any:
-        size = self.config.data.image_size
-        return self.model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32))
-
     def loss(self, params, model_state, batch, rng, step):
         """NT-Xent over the global batch's ``2B`` views; metrics: the mean cosine similarity of
         the two views' projections (``positive_similarity``)."""
@@ -153,13 +127,5 @@ class SimCLRTask(Task):
         similarity = jnp.mean(jnp.sum(z1 * z2, axis=-1))
         return loss, dict(model_state), {"positive_similarity": similarity}
 
-    @functools.cached_property
-    def _features_fn(self):
-        def features(variables, batch):
-            return {"features": self.model.apply(variables, batch["image"], method="features")}
-
-        return jax.jit(features)
-
-    def evaluate(self, variables: Any, *, progress: bool = False) -> dict[str, float]:
-        """Linear probe and k-NN on the encoder's features (``jaxalign.tasks.probe_evals``)."""
-        return self.probe.evaluate(self._features_fn, variables, progress=progress)
+    def features(self, variables: Any, images: jax.Array) -> jax.Array:
+        return self.model.apply(variables, images, method="features")
