@@ -26,8 +26,8 @@ Presets (``--config=configs/clip.py:<preset>``; no preset = ``demo``):
   domain (the same scenes drawn as outlines on textured backgrounds) with an MMD or DANN term
   on the image embeddings of its unlabelled ``outline_train`` images, 64 per step (``none``:
   the same run without the term), zero-shot also on ``outline_test``
-  (``eval/target/zeroshot_top1``). On 2 cores (2026-12-01) ``mmd`` takes 222 s and ``dann``
-  227 s in all; seeds 0-2 of ``mmd`` against ``none``: target zero-shot +30.9 points, source
+  (``eval/target/zeroshot_top1``). On 2 cores (2026-12-01) ``mmd`` takes 221.9 s and ``dann``
+  227.1 s in all; seeds 0-2 of ``mmd`` against ``none``: target zero-shot +30.9 points, source
   test -1.3 (docs/results/domain_adaptation.md).
   ``tiny_adapt``: ``tiny`` with the MMD term, for tests.
 
@@ -239,7 +239,7 @@ def adapt(config: ml_collections.ConfigDict, method: str) -> None:
     config.adapt.target_split = "outline_train" if method != "none" else ""
     # Half the source batch (the demo: 64 of 128), for time: the image tower's pass on the
     # target images is what makes the step dearer than the demo's. On 2 cores a whole
-    # demo_adapt_mmd run takes 222 s (303 s with 128; docs/results/domain_adaptation.md).
+    # demo_adapt_mmd run takes 221.9 s (303 s with 128; docs/results/domain_adaptation.md).
     config.adapt.target_batch_size = config.train.global_batch_size // 2
     config.adapt.target_zeroshot_split = "outline_test"
     config.adapt.source_validation_zeroshot_split = "heldout_validation"  # for choosing weight

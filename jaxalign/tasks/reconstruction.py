@@ -14,6 +14,7 @@ writes as ``images/reconstructions_step<step>.png``.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 import jax
@@ -90,6 +91,11 @@ class ReconstructionTask(UnlabelledImageTask):
     def picture_rows(self, variables: Any, images: jax.Array) -> list[jax.Array]:
         raise NotImplementedError
 
+    @functools.cached_property
+    def _picture_fn(self):
+        """``picture_rows`` jitted once for the run (every eval reuses the compilation)."""
+        return jax.jit(self.picture_rows)
+
     def eval_images(self, variables: Any) -> dict[str, np.ndarray]:
         """``{"reconstructions": [H, W, 3] uint8}``: ``picture_rows`` of the first
         ``evals.grid_examples`` test images, one row each (``{}`` when 0)."""
@@ -101,6 +107,6 @@ class ReconstructionTask(UnlabelledImageTask):
         count = min(ev.grid_examples, len(source))
         examples = [transform(source[i], ExampleKey(self.config.seed, 0, i)) for i in range(count)]
         batch = jnp.asarray(np.stack([e["image"] for e in examples]))
-        rows = jax.jit(self.picture_rows)(variables, batch)
+        rows = self._picture_fn(variables, batch)
         pictures = [denormalize(np.asarray(row), CLIP_MEAN, CLIP_STD) for row in rows]
         return {"reconstructions": image_grid(pictures, scale=ev.grid_scale)}
