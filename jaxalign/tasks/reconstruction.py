@@ -15,41 +15,22 @@ writes as ``images/reconstructions_step<step>.png``.
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from pydantic import Field
 
 from jaxalign.data import CLIP_MEAN, CLIP_STD, ExampleKey, ImageTransform
 from jaxalign.evals.image_grid import denormalize, image_grid
-from jaxalign.schema import Count, Group, PositiveInt
-from jaxalign.tasks import images
+from jaxalign.schema import Count, PositiveInt
 from jaxalign.tasks.probe_evals import ProbeEvals
-from jaxalign.tasks.unlabelled_images import UnlabelledImageTask
-
-Area = Annotated[float, Field(gt=0.0, le=1.0)]
+from jaxalign.tasks.unlabelled_images import UnlabelledImageData, UnlabelledImageTask
 
 
-class ReconstructionData(Group):
-    source: Literal["builtin", "tfds"]
-    name: str
-    data_dir: str
-    train_split: str
-    image_size: PositiveInt
-    crop_area: tuple[Area, Area]
+class ReconstructionData(UnlabelledImageData):
     flip: bool
-    worker_count: Count
-    prefetch: Count
-    max_skipped_in_a_row: PositiveInt
-
-    def rules(self) -> list[str]:
-        problems = images.dataset_problems(self)
-        if self.crop_area[0] > self.crop_area[1]:
-            problems.append(f"crop_area={self.crop_area}: the smaller area comes first")
-        return problems
 
 
 class ReconstructionEvals(ProbeEvals):

@@ -18,21 +18,18 @@ Evals (``jaxalign.tasks.probe_evals``): linear probe and k-NN on the frozen enco
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-from pydantic import Field
 
 from jaxalign import models, objectives
 from jaxalign.data import SimCLRTransform
-from jaxalign.schema import Count, Group, NonNegativeFloat, PositiveFloat, PositiveInt
+from jaxalign.schema import Group, NonNegativeFloat, PositiveFloat, PositiveInt
 from jaxalign.tasks import images
 from jaxalign.tasks.base import register_task
 from jaxalign.tasks.probe_evals import ProbeEvals
-from jaxalign.tasks.unlabelled_images import UnlabelledImageTask
-
-Area = Annotated[float, Field(gt=0.0, le=1.0)]
+from jaxalign.tasks.unlabelled_images import UnlabelledImageData, UnlabelledImageTask
 
 
 class SimCLRModelConfig(images.ImageModel):
@@ -40,24 +37,9 @@ class SimCLRModelConfig(images.ImageModel):
     projection_dim: PositiveInt
 
 
-class SimCLRData(Group):
-    source: Literal["builtin", "tfds"]
-    name: str
-    data_dir: str
-    train_split: str
-    image_size: PositiveInt
-    crop_area: tuple[Area, Area]
+class SimCLRData(UnlabelledImageData):
     color_strength: NonNegativeFloat
     blur: bool
-    worker_count: Count
-    prefetch: Count
-    max_skipped_in_a_row: PositiveInt
-
-    def rules(self) -> list[str]:
-        problems = images.dataset_problems(self)
-        if self.crop_area[0] > self.crop_area[1]:
-            problems.append(f"crop_area={self.crop_area}: the smaller area comes first")
-        return problems
 
 
 class SimCLRObjective(Group):

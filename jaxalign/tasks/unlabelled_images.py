@@ -7,16 +7,41 @@ loss), each example through the task's ``train_transform``, and the frozen-featu
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
+from pydantic import Field
 
 from jaxalign.data import make_pipeline
+from jaxalign.schema import Count, Group, PositiveInt
 from jaxalign.tasks import images
 from jaxalign.tasks.base import Task
 from jaxalign.tasks.probe_evals import FrozenProbe
+
+Area = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class UnlabelledImageData(Group):
+    """The ``data`` keys every self-supervised image task has; a task's group adds its own
+    augmentation keys (``crop_area``: the random crop's area range)."""
+
+    source: Literal["builtin", "tfds"]
+    name: str
+    data_dir: str
+    train_split: str
+    image_size: PositiveInt
+    crop_area: tuple[Area, Area]
+    worker_count: Count
+    prefetch: Count
+    max_skipped_in_a_row: PositiveInt
+
+    def rules(self) -> list[str]:
+        problems = images.dataset_problems(self)
+        if self.crop_area[0] > self.crop_area[1]:
+            problems.append(f"crop_area={self.crop_area}: the smaller area comes first")
+        return problems
 
 
 class UnlabelledImageTask(Task):
