@@ -11,16 +11,21 @@ Presets (``--config=configs/mlm.py:<preset>``; no preset = ``captions``):
 
 - ``bert_base_text``: a BERT-base-sized tower (12 x 768, post-norm as BERT) on local text
   files (``data.train_split`` and ``evals.split`` are globs) with a local Hugging Face
-  tokenizer directory (``data.tokenizer``), for a GPU; both are placeholders to override.
+  tokenizer directory (``data.tokenizer``), for a GPU; both are placeholders to override. Its
+  tower is bert-base's, so ``--config.model.init_from_bert=/path/to/bert-base-uncased``
+  continues BERT's pretraining on your text.
 - ``tiny``: a few steps of a very small tower, for tests.
 
 Keys (every preset has all of them; ``jaxalign.tasks.mlm.MLMConfig`` and the groups of
 ``jaxalign.schema`` give their types, ranges and rules). ``seed``, ``init_from``, ``optim``,
 ``train`` and ``mesh`` are as in ``configs/clip.py``; the task's own:
 
-- ``model``: ``dtype``, ``remat``, ``text`` (``TextTransformer`` fields: ``width``,
-  ``depth``, ``mlp_dim``, ``num_heads``, ``causal`` (must be False), ``pre_norm`` ...; the
-  vocabulary comes from the tokenizer, the length from ``data.max_len``).
+- ``model``: ``dtype``, ``remat``, ``init_from_bert`` (a local Hugging Face BERT directory,
+  ``BertForMaskedLM`` or ``BertModel``: the run starts from its tower, and its masked-LM head
+  where it has one; ``text`` must then match its architecture, ``data.tokenizer`` its
+  vocabulary; ``""``: random initialisation), ``text`` (``TextTransformer`` fields:
+  ``width``, ``depth``, ``mlp_dim``, ``num_heads``, ``causal`` (must be False), ``pre_norm``
+  ...; the vocabulary comes from the tokenizer, the length from ``data.max_len``).
 - ``data``: ``source`` (``builtin`` | ``text_files``), ``name`` and ``data_dir`` (the built-in
   dataset), ``train_split`` (a split, or a glob of text files: one example per non-empty line),
   ``text_key`` (``caption`` for the built-in data, ``text`` for files), ``tokenizer`` (a local
@@ -45,7 +50,7 @@ def captions() -> ml_collections.ConfigDict:
     config.seed = 0
     config.task = "mlm"
     config.init_from = config_lib.init_from_off()
-    config.model = ml_collections.ConfigDict(dict(dtype="float32", remat="none"))
+    config.model = ml_collections.ConfigDict(dict(dtype="float32", remat="none", init_from_bert=""))
     config.model.text = ml_collections.ConfigDict(
         dict(width=128, depth=2, mlp_dim=256, num_heads=4, causal=False)
     )
@@ -95,6 +100,7 @@ def bert_base_text(config: ml_collections.ConfigDict) -> None:
     config.model.text = ml_collections.ConfigDict(
         dict(width=768, depth=12, mlp_dim=3072, num_heads=12, causal=False, pre_norm=False)
     )
+    config.model.text.update(type_vocab_size=2, act="gelu", ln_eps=1e-12)  # as bert-base
     config.data.update(source="text_files", train_split="/data/text/train/*.txt")
     config.data.update(text_key="text", tokenizer="/data/tokenizers/bert-base-uncased")
     config.data.update(max_len=128, worker_count=8)

@@ -317,6 +317,7 @@ ADDED_KEYS: dict[str, Any] = {
     "data.max_skipped_in_a_row": 1000,  # 0.1.0 after issue 13
     "optim.name": "adamw",  # 0.1.0 after issue 14
     "adapt.target_batch_size": 0,  # 0.1.0 after issue 14: the source's batch, as before
+    "model.init_from_bert": "",  # 0.1.0 during issue 15 (mlm)
 }
 
 

@@ -235,9 +235,11 @@ def _train(
     #   1. the newest complete, readable checkpoint in workdir/checkpoints gives the state
     #      (restored into this mesh's shardings) and this process's data-iterator position
     #      (newer checkpoints that do not read are moved to workdir/corrupt_checkpoints/);
-    #   2. without one, the state is initialised from config.seed, sharded; then, with
-    #      config.init_from, the mapped parameters (and model state) of the saved run replace
-    #      their initial values; the data start from the beginning of the seed's first epoch;
+    #   2. without one, the state is initialised from config.seed, sharded; then the task's
+    #      load_pretrained replaces what it loads from outside jaxalign (a Hugging Face BERT
+    #      for mlm's model.init_from_bert); then, with config.init_from, the mapped
+    #      parameters (and model state) of the saved run replace their values; the data
+    #      start from the beginning of the seed's first epoch;
     #   3. rows of metrics.jsonl (and TensorBoard events) after the restored step are dropped.
     stream = task.train_stream()
     iterator = iter(stream)
@@ -251,6 +253,8 @@ def _train(
                 setup.init_state, mesh, setup.rng, shardings=setup.state_shardings
             )
             start_step = 0
+            state, note = _pretrained(task, state, setup)
+            notes += [note] if note else []
             if config.init_from.workdir:
                 state, note = _transfer(config, state, setup)
                 notes.append(note)
@@ -345,6 +349,26 @@ def _transfer(config: ExperimentConfig, state: TrainState, setup: _Setup) -> tup
     params, model_state, note = load_from_run(
         config.init_from, state.params, state.model_state, setup.abstract_state
     )
+    return _with_params(state.replace(model_state=model_state), params, setup), note
+
+
+def _pretrained(task: Any, state: TrainState, setup: _Setup) -> tuple[TrainState, str]:
+    """``state`` with the task's ``load_pretrained`` parameters (a checkpoint from outside
+    jaxalign; unchanged, with no note, for a task without one)."""
+    load = getattr(task, "load_pretrained", None)  # a task may lack the default
+    if load is None:
+        return state, ""
+    params, note = load(state.params)
+    if not note:
+        return state, ""
+    params = jax.tree.map(  # host arrays where the task loaded them: into the state's shardings
+        lambda x, s: jax.device_put(x, s), params, setup.state_shardings.params
+    )
+    return _with_params(state, params, setup), note
+
+
+def _with_params(state: TrainState, params: Any, setup: _Setup) -> TrainState:
+    """``state`` with these parameters, and its moving average (if any) reset to them."""
     ema = state.ema_params
     if ema is not None:
         ema = jax.tree.map(
@@ -352,7 +376,7 @@ def _transfer(config: ExperimentConfig, state: TrainState, setup: _Setup) -> tup
             params,
             setup.state_shardings.ema_params,
         )
-    return state.replace(params=params, model_state=model_state, ema_params=ema), note
+    return state.replace(params=params, ema_params=ema)
 
 
 def evaluate_workdir(

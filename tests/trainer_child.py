@@ -152,3 +152,29 @@ def plant_nan(monkeypatch, bad_steps):
         return batch
 
     wrap_clip_stream(monkeypatch, on_batch)
+
+
+def saved_subtree(workdir, *path: str, step: int | None = None) -> dict:
+    """The subtree at ``path`` (``"params"``, ``"ema_params", "backbone"``) of a run's newest
+    checkpoint (or of checkpoint ``step``), read back as saved on one device."""
+    import jax
+
+    from jaxalign.train_lib.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, read_only=True)
+    try:
+        tree, _ = checkpointer.state_metadata(step)
+        for name in path:
+            tree = tree[name]
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        request = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
+        )
+        for name in reversed(path):
+            request = {name: request}
+        part, _ = checkpointer.restore_part(request, step)
+    finally:
+        checkpointer.close()
+    for name in path:
+        part = part[name]
+    return jax.device_get(part)

@@ -9,7 +9,8 @@ convert them to safetensors first). Nothing here touches the network.
   directory; ``save_clip(model, variables, dir)`` writes one back that
   ``transformers.CLIPModel.from_pretrained`` loads with the same features.
 - ``load_bert(dir)`` -> ``(TextTransformer, variables)`` from a ``BertModel`` (or
-  ``BertFor*``, keys prefixed ``bert.``) directory.
+  ``BertFor*``, keys prefixed ``bert.``) directory; ``load_bert_mlm(dir)`` ->
+  ``(MaskedLanguageModel, variables)`` with ``BertForMaskedLM``'s head where there is one.
 - ``load_tokenizer(dir)``: ``transformers.AutoTokenizer`` with ``local_files_only=True``.
 
 Errors name the file: a missing directory or file is a ``MissingDataError``; a malformed
@@ -34,12 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 import safetensors.numpy
 
-from jaxalign.errors import DataError, MissingDataError, read_json_object
-from jaxalign.interop.hf_layout import bert_tensors, clip_tensors
+from jaxalign.errors import DataError
+from jaxalign.interop.hf_layout import bert_mlm_head_tensors, bert_tensors, clip_tensors
+from jaxalign.interop.hf_tokenizer import load_tokenizer  # noqa: F401 (hf.load_tokenizer)
 from jaxalign.interop.tensor_map import (
     SAFETENSORS,
+    Tensor,
     Variables,
     assemble,
     check_tree,
@@ -51,26 +55,15 @@ from jaxalign.interop.tensor_map import (
 )
 from jaxalign.models.dual_encoder import DualEncoder
 from jaxalign.models.layers import Dtype
+from jaxalign.models.mlm import MaskedLanguageModel
 from jaxalign.models.text import TextTransformer
 from jaxalign.models.vit import ViT
 
 if TYPE_CHECKING:
-    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig
 
 PathLike = str | pathlib.Path
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-)
-# The JSON files a tokenizer directory may hold (each must be a JSON object).
-TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                  "added_tokens.json", "vocab.json", "config.json")  # fmt: skip
 CLIP_VISION_DIMS = ("hidden_size", "intermediate_size", "num_hidden_layers",
                     "num_attention_heads", "num_channels", "image_size", "patch_size")  # fmt: skip
 TEXT_DIMS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -79,6 +72,8 @@ TEXT_DIMS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layer
 CLIP_BUFFERS = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
 BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 BERT_HEADS = ("pooler.", "cls.")  # BERT's pooler and pretraining heads: not loaded
+# A masked-LM head's first tensor, and its (tied) output layer's weight.
+BERT_MLM_HEAD = ("cls.predictions.transform.dense.weight", "cls.predictions.decoder.weight")
 # Hugging Face ``hidden_act`` -> our activation name (the tanh GELUs are one function).
 HF_ACTS = {
     "gelu": "gelu",
@@ -334,9 +329,31 @@ def load_bert(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[TextTransf
         "bert", values transformers refuses or this loader cannot use), a malformed index, a
         truncated or corrupt safetensors file, or missing, unknown or misshapen tensors.
     """
+    model, variables = read_bert(pathlib.Path(path), dtype, mlm_head=False)
+    return model, variables
+
+
+def load_bert_mlm(
+    path: PathLike, *, dtype: Dtype = jnp.float32
+) -> tuple[MaskedLanguageModel, Variables]:
+    """A ``BertForMaskedLM`` / ``BertForPreTraining`` (or ``BertModel``) directory ->
+    ``(MaskedLanguageModel, {"params": {"text": ..., "mlm_head": ...}})``.
+
+    ``model.apply(variables, ids, mask)``: ``[batch, length]`` -> ``[batch, length, vocab]``
+    logits, those of ``BertForMaskedLM`` (token types 0). ``mlm_head`` is absent when the
+    checkpoint has no ``cls.predictions`` head (a ``BertModel``): initialise it yourself. The
+    output layer is tied to the word embeddings, as in BERT; a stored
+    ``cls.predictions.decoder.weight`` that differs from them is refused.
+
+    Raises: as ``load_bert``; DataError for an untied decoder.
+    """
+    return read_bert(pathlib.Path(path), dtype, mlm_head=True)
+
+
+def read_bert(path: pathlib.Path, dtype: Dtype, *, mlm_head: bool) -> tuple[Any, Variables]:
+    """``load_bert`` (``mlm_head=False``) or ``load_bert_mlm`` (``mlm_head=True``)."""
     from transformers import BertConfig
 
-    path = pathlib.Path(path)
     files = weight_files(path)
     config, file = hf_config(BertConfig, path, "bert"), path / "config.json"
     check_dims(f"{file}: ", config, TEXT_DIMS)
@@ -356,8 +373,11 @@ def load_bert(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[TextTransf
         return key in BERT_BUFFERS or key.startswith(BERT_HEADS)
 
     tensors = bert_tensors(config, prefix)
-    arrays = read_tensors(path, files, tensors, ignore=ignore)
-    model = TextTransformer(
+    head = bert_mlm_head_tensors(config) if mlm_head and BERT_MLM_HEAD[0] in keys else []
+    decoder = [Tensor(BERT_MLM_HEAD[1], ("tied",), (config.vocab_size, config.hidden_size))]
+    decoder = decoder if head and BERT_MLM_HEAD[1] in keys else []
+    arrays = read_tensors(path, files, tensors + head + decoder, ignore=ignore)
+    tower = TextTransformer(
         vocab_size=config.vocab_size,
         width=config.hidden_size,
         depth=config.num_hidden_layers,
@@ -373,53 +393,16 @@ def load_bert(path: PathLike, *, dtype: Dtype = jnp.float32) -> tuple[TextTransf
         dtype=dtype,
     )
     variables = assemble(tensors, arrays)
-    check_tree(model, variables, jnp.zeros((1, config.max_position_embeddings), jnp.int32))
-    return model, variables
-
-
-# --- tokenizers --------------------------------------------------------------------------------
-
-
-def load_tokenizer(path: PathLike) -> PreTrainedTokenizerBase:
-    """A local Hugging Face tokenizer directory -> ``transformers`` tokenizer (never the hub).
-
-    Raises:
-      MissingDataError: no directory, or no tokenizer files in it.
-      DataError: a tokenizer file transformers cannot load, named with the reason (a JSON file
-        that is not a JSON object, a ``tokenizer.json`` the tokenizers library refuses), or
-        the directory when no one file is to blame.
-    """
-    from transformers import AutoTokenizer
-
-    path = pathlib.Path(path)
-    if not path.is_dir():
-        raise MissingDataError(f"tokenizer directory {path} does not exist")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise MissingDataError(f"no tokenizer files in {path}; expected one of {TOKENIZER_FILES}")
-    try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except ImportError:
-        raise
-    except Exception as error:  # transformers and tokenizers raise many types, even Exception
-        raise tokenizer_error(path, error) from None
-
-
-def tokenizer_error(path: pathlib.Path, error: Exception) -> DataError:
-    """Why the tokenizer in ``path`` did not load, naming the file at fault where one is."""
-    from tokenizers import Tokenizer
-
-    for name in TOKENIZER_JSON:
-        if (path / name).exists():
-            try:
-                read_json_object(path / name)
-            except DataError as bad:  # names the file
-                return bad
-    if (path / "tokenizer.json").is_file():
-        try:
-            Tokenizer.from_file(str(path / "tokenizer.json"))
-        except Exception as reason:  # the tokenizers library raises plain Exception
-            return DataError(f"{path / 'tokenizer.json'}: not a tokenizers file ({reason})")
-    reason = " ".join(str(error).split())
-    return DataError(
-        f"{path}: transformers cannot load this tokenizer ({type(error).__name__}: {reason})"
-    )
+    ids = jnp.zeros((1, config.max_position_embeddings), jnp.int32)
+    check_tree(tower, variables, ids)
+    if not mlm_head:
+        return tower, variables
+    if decoder and not np.array_equal(
+        arrays[BERT_MLM_HEAD[1]], arrays[f"{prefix}embeddings.word_embeddings.weight"]
+    ):
+        raise DataError(f"{path}: {BERT_MLM_HEAD[1]} is not tied to the word embeddings")
+    model = MaskedLanguageModel(tower.clone(pool="none"), dtype=dtype)
+    params = {"text": variables["params"], **assemble(head, arrays)["params"]}
+    if head:
+        check_tree(model, {"params": params}, ids, jnp.ones_like(ids))
+    return model, {"params": params}

@@ -128,3 +128,16 @@ def bert_tensors(config: Any, prefix: str) -> list[Tensor]:
             config.num_attention_heads, BERT_BLOCK,
         )  # fmt: skip
     return out
+
+
+def bert_mlm_head_tensors(config: Any) -> list[Tensor]:
+    """The masked-LM head of a ``BertForMaskedLM`` / ``BertForPreTraining`` (``cls.predictions``)
+    as ``models.MaskedLanguageModel``'s ``mlm_head``; its output layer is the word embeddings
+    (tied), so only the per-token bias is a tensor of its own."""
+    w, head, key = config.hidden_size, ("mlm_head",), "cls.predictions."
+    return [
+        Tensor(f"{key}transform.dense.weight", (*head, "transform", "kernel"), (w, w), "linear"),
+        Tensor(f"{key}transform.dense.bias", (*head, "transform", "bias"), (w,)),
+        *layer_norm_tensors(f"{key}transform.LayerNorm", (*head, "ln"), w),
+        Tensor(f"{key}bias", (*head, "output_bias"), (config.vocab_size,)),
+    ]

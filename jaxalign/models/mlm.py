@@ -2,9 +2,10 @@
 tied to the input token embeddings.
 
 ``(ids [batch, length], mask [batch, length]) -> logits [batch, length, vocab]``: the tower's
-encoded tokens, then dense (width) -> GELU -> LayerNorm -> the token embedding table transposed,
-plus a per-token bias (Devlin et al., 2019). Parameters: ``text/`` (the tower, the layout
-``jaxalign.interop.hf.load_bert`` gives) and ``mlm_head/``.
+encoded tokens, then dense (width) -> the tower's activation -> LayerNorm -> the token embedding
+table transposed, plus a per-token bias (Devlin et al., 2019). Parameters: ``text/`` (the tower,
+the layout ``jaxalign.interop.hf.load_bert`` gives) and ``mlm_head/`` (``load_bert_mlm`` reads
+both).
 """
 
 from __future__ import annotations
@@ -13,20 +14,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxalign.models.layers import Dtype, dense, layer_norm
+from jaxalign.models.layers import Dtype, activation, dense, layer_norm
 from jaxalign.models.text import TextTransformer
 
 
 class MLMHead(nn.Module):
     """``[batch, length, width] -> [batch, length, vocab]`` given the ``[vocab, width]`` table."""
 
+    act: str = "gelu"
     ln_eps: float = 1e-12
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, table: jax.Array) -> jax.Array:
         width, vocab = x.shape[-1], table.shape[0]
-        x = nn.gelu(dense(width, ("embed", "mlp"), dtype=self.dtype, name="transform")(x))
+        x = dense(width, ("embed", "mlp"), dtype=self.dtype, name="transform")(x)
+        x = activation(self.act)(x)
         x = layer_norm(self.ln_eps, self.dtype, name="ln")(x)
         bias = self.param(
             "output_bias",
@@ -49,4 +52,5 @@ class MaskedLanguageModel(nn.Module):
             raise ValueError("MaskedLanguageModel: the text tower must be bidirectional")
         _, out = self.text(ids, mask, None, deterministic)
         table = nn.meta.unbox(self.text.variables["params"]["token_embedding"]["embedding"])
-        return MLMHead(self.text.ln_eps, self.dtype, name="mlm_head")(out["encoded"], table)
+        head = MLMHead(self.text.act, self.text.ln_eps, self.dtype, name="mlm_head")
+        return head(out["encoded"], table)

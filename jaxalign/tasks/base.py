@@ -85,6 +85,15 @@ class Task(Protocol):
         never the global batch)."""
         ...
 
+    def load_pretrained(self, params: Any) -> tuple[Any, str]:
+        """Parameters from outside jaxalign (e.g. a Hugging Face checkpoint the config names)
+        in place of their initial values: given the initialised ``params``, returns ``(params,
+        a note for the log)``, the replaced leaves as host arrays of the same shapes, which the
+        trainer puts into the state's shardings. Called on every process when a run starts
+        without a checkpoint of its own, before ``config.init_from``. By default nothing is
+        loaded (``(params, "")``)."""
+        return params, ""
+
     def loss(
         self, params: Any, model_state: Any, batch: Any, rng: jax.Array, step: jax.Array
     ) -> tuple[jax.Array, Any, Metrics]:

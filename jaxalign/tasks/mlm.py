@@ -42,12 +42,16 @@ from jaxalign.tasks import images
 from jaxalign.tasks.base import Task, register_task
 
 EVAL_KEY = 2**31 - 2
+# The tower's fields a BERT checkpoint fixes (model.text must agree; the rest come from the data).
+BERT_FIELDS = ("width", "depth", "mlp_dim", "num_heads", "pre_norm", "type_vocab_size", "act",
+               "ln_eps")  # fmt: skip
 MAJORITY_EXAMPLES = 2000
 
 
 class MLMModel(Group):
     dtype: images.Dtype
     remat: images.Remat
+    init_from_bert: str
     text: Annotated[
         dict[str, Any],
         ModuleFields(
@@ -208,6 +212,44 @@ class MLMTask(Task):
     def init(self, rng: jax.Array) -> Any:
         ids = jnp.zeros((1, self.config.data.max_len), jnp.int32)
         return self.model.init(rng, ids, jnp.ones_like(ids))
+
+    def load_pretrained(self, params: Any) -> tuple[Any, str]:
+        """With ``model.init_from_bert`` (a local Hugging Face BERT directory): its tower, and
+        its masked-LM head where it has one, in place of the initial values (position
+        embeddings cut to ``data.max_len``). ConfigError naming the key when the checkpoint's
+        architecture, vocabulary or length differs from the config's."""
+        path = self.config.model.init_from_bert
+        if not path:
+            return params, ""
+        from jaxalign.interop import hf
+
+        loaded, variables = hf.load_bert_mlm(os.path.expanduser(path))
+        ours, theirs = self.model.text, loaded.text
+        where = f"config.model.init_from_bert={path!r}"
+        for field in BERT_FIELDS:
+            if getattr(ours, field) != getattr(theirs, field):
+                raise ConfigError(
+                    f"{where} has {field}={getattr(theirs, field)!r}; set "
+                    f"model.text.{field}={getattr(theirs, field)!r} (now {getattr(ours, field)!r})"
+                )
+        if theirs.vocab_size != ours.vocab_size:
+            raise ConfigError(
+                f"{where} has a vocabulary of {theirs.vocab_size}, data.tokenizer="
+                f"{self.config.data.tokenizer!r} one of {ours.vocab_size}: use its tokenizer"
+            )
+        if ours.max_len > theirs.max_len:
+            raise ConfigError(
+                f"{where} has {theirs.max_len} positions; data.max_len={ours.max_len} is longer"
+            )
+        text = dict(variables["params"]["text"])
+        text["pos_embedding"] = text["pos_embedding"][: ours.max_len]
+        new = {**params, **variables["params"], "text": text}  # the head where it has one
+        shapes = [jax.tree.map(np.shape, tree) for tree in (params, new)]
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"{where}: loaded parameters do not match the model's tree")
+        head = "and its masked-LM head" if "mlm_head" in variables["params"] else "(no MLM head)"
+        count = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
+        return new, f"model.init_from_bert {path}: the tower {head}, {count:,} parameters"
 
     def corrupt(self, rng: jax.Array, batch: dict[str, jax.Array], indices=None):
         """``(inputs [b, L], chosen [b, L] bool)``: BERT's rule on ``batch["ids"]``."""

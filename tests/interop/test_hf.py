@@ -210,6 +210,35 @@ def test_load_bert_matches_transformers(cls, tmp_path):
     np.testing.assert_allclose(pooled, want[:, 0], **TOL)
 
 
+def test_load_bert_mlm_matches_masked_lm_logits(tmp_path):
+    torch_model = _randomise(transformers.BertForMaskedLM(_bert_config()), seed=2)
+    torch_model.save_pretrained(tmp_path / "mlm")
+    ids = np.random.default_rng(2).integers(1, VOCAB, size=(2, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        want = torch_model(
+            input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()
+        ).logits.numpy()
+    model, variables = hf.load_bert_mlm(tmp_path / "mlm")
+    assert set(variables["params"]) == {"text", "mlm_head"}
+    logits = np.asarray(model.apply(variables, ids, mask))
+    assert logits.shape == (2, 9, VOCAB)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(logits[real], want[real], **TOL)
+    # A BertModel has no head: the tower alone, the head left to the caller.
+    transformers.BertModel(_bert_config()).save_pretrained(tmp_path / "bare")
+    _, bare = hf.load_bert_mlm(tmp_path / "bare")
+    assert set(bare["params"]) == {"text"}
+    # An output layer that is not the word embeddings is refused, not silently tied.
+    weights = safetensors.numpy.load_file(tmp_path / "mlm" / tensor_map.SAFETENSORS)
+    table = weights["bert.embeddings.word_embeddings.weight"]
+    weights["cls.predictions.decoder.weight"] = table + 1
+    safetensors.numpy.save_file(weights, tmp_path / "mlm" / tensor_map.SAFETENSORS)
+    with pytest.raises(DataError, match=r"decoder\.weight is not tied"):
+        hf.load_bert_mlm(tmp_path / "mlm")
+
+
 # --- errors ------------------------------------------------------------------------------------
 
 

@@ -13,8 +13,7 @@ import pytest
 
 from jaxalign import config as config_lib
 from jaxalign import train
-from jaxalign.train_lib.checkpoint import Checkpointer
-from tests.trainer_child import losses
+from tests.trainer_child import losses, saved_subtree
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLIP = str(ROOT / "configs" / "clip.py")
@@ -58,28 +57,6 @@ def clip_run(data_dir, tmp_path_factory):
     return workdir
 
 
-def _saved(workdir: pathlib.Path, *path: str) -> dict:
-    """The subtree at ``path`` (``"params"``, ``"ema_params", "backbone"``) of a run's newest
-    checkpoint, read back as saved."""
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=1, read_only=True)
-    try:
-        tree, _ = checkpointer.state_metadata()
-        for name in path:
-            tree = tree[name]
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        request = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
-        )
-        for name in reversed(path):
-            request = {name: request}
-        part, _ = checkpointer.restore_part(request)
-    finally:
-        checkpointer.close()
-    for name in path:
-        part = part[name]
-    return jax.device_get(part)
-
-
 def _shapes(data_dir, preset, clip_run, **overrides):
     values = {
         **TOWER,
@@ -121,12 +98,11 @@ def test_linear_probe_keeps_the_clip_tower_frozen(data_dir, clip_run, tmp_path):
     for split in ("validation[:256]", "validation[256:]"):
         for metric in ("top1", "top5", "knn_top1"):
             assert 0 <= summary[f"eval/{split}/{metric}"] <= 1
-    tower = _saved(clip_run, "params")["image_tower"]
-    probe = _saved(tmp_path / "probe", "params")
+    tower = saved_subtree(clip_run, "params")["image_tower"]
+    probe = saved_subtree(tmp_path / "probe", "params")
     jax.tree.map(np.testing.assert_array_equal, probe["backbone"], tower)  # bit for bit
-    jax.tree.map(
-        np.testing.assert_array_equal, _saved(tmp_path / "probe", "ema_params", "backbone"), tower
-    )
+    ema = saved_subtree(tmp_path / "probe", "ema_params", "backbone")
+    jax.tree.map(np.testing.assert_array_equal, ema, tower)
     assert any(np.any(np.asarray(w) != 0) for w in jax.tree.leaves(probe["head"]))
     saved = json.loads((tmp_path / "probe" / "config.json").read_text())
     assert saved["init_from"] == {
@@ -147,9 +123,9 @@ def test_linear_probe_keeps_the_clip_tower_frozen(data_dir, clip_run, tmp_path):
 def test_fine_tuning_starts_from_the_clip_tower(data_dir, clip_run, tmp_path):
     train.train_and_evaluate(_shapes(data_dir, "shapes_finetune", clip_run), tmp_path / "ft")
     train.train_and_evaluate(_shapes(data_dir, "shapes_scratch", None), tmp_path / "scratch")
-    tower = _saved(clip_run, "params")["image_tower"]
-    tuned = _saved(tmp_path / "ft", "params")["backbone"]
-    scratch = _saved(tmp_path / "scratch", "params")["backbone"]
+    tower = saved_subtree(clip_run, "params")["image_tower"]
+    tuned = saved_subtree(tmp_path / "ft", "params")["backbone"]
+    scratch = saved_subtree(tmp_path / "scratch", "params")["backbone"]
 
     def distance(a, b):
         return sum(

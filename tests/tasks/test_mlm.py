@@ -17,8 +17,9 @@ from jaxalign import config as config_lib
 from jaxalign import train
 from jaxalign.data.text import TextLinesSource
 from jaxalign.errors import DataError, MissingDataError
+from jaxalign.interop import hf
 from jaxalign.objectives.masking import bert_mask
-from tests.trainer_child import losses, run_trainer
+from tests.trainer_child import losses, run_trainer, saved_subtree
 
 pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
 
@@ -102,6 +103,46 @@ def test_sigkill_between_checkpoints_resumes_bit_for_bit(builtin_data_dir, tmp_p
     resumed = run_trainer(SPEC, tmp_path / "killed", overrides)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert losses(tmp_path / "killed") == losses(tmp_path / "reference")  # bit for bit
+
+
+def test_starts_from_a_local_bert_checkpoint(builtin_data_dir, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    tokenizer = hf.load_tokenizer(pathlib.Path(builtin_data_dir) / "shapes_captions_tokenizer")
+    bert_config = transformers.BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=32, type_vocab_size=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    bert = transformers.BertForMaskedLM(bert_config)
+    with torch.no_grad():  # every tensor off its init, so one left behind cannot pass
+        for p in bert.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    bert.save_pretrained(tmp_path / "bert")
+    extra = {
+        "model.init_from_bert": str(tmp_path / "bert"),
+        "model.text.pre_norm": False,
+        "model.text.type_vocab_size": 2,
+        "model.text.ln_eps": 1e-12,
+        "train.steps": 2,
+        "train.checkpoint_every": 1,
+        "train.eval_every": 2,
+    }
+    config = config_lib.load(SPEC, _overrides(builtin_data_dir, **extra))
+    train.train_and_evaluate(config, tmp_path / "run", devices=jax.devices()[:1])
+    # Linear warmup from 0: the first update is zero, so checkpoint 1 holds the loaded values.
+    _, want = hf.load_bert_mlm(tmp_path / "bert")
+    want["params"]["text"]["pos_embedding"] = want["params"]["text"]["pos_embedding"][:16]
+    saved = saved_subtree(tmp_path / "run", "params", step=1)
+    jax.tree.map(np.testing.assert_array_equal, saved, want["params"])
+    assert "model.init_from_bert" in capsys.readouterr().out
+    for key, value, message in [
+        ("model.text.width", 64, r"has width=32; set model\.text\.width=32 \(now 64\)"),
+        ("data.max_len", 48, r"has 32 positions; data\.max_len=48 is longer"),
+    ]:
+        bad = config_lib.load(SPEC, _overrides(builtin_data_dir, **{**extra, key: value}))
+        with pytest.raises(config_lib.ConfigError, match=message):
+            train.train_and_evaluate(bad, tmp_path / key, devices=jax.devices()[:1])
 
 
 def test_local_text_files(builtin_data_dir, tmp_path):
