@@ -16,6 +16,10 @@ from jaxalign.objectives.domain import (
     reversal_coefficient,
     warm_start_schedule,
 )
+from jaxalign.objectives.reconstruction import (
+    masked_mean_squared_error,
+    masked_token_cross_entropy,
+)
 
 __all__ = [
     "DEFAULT_KERNEL_MULTS",
@@ -26,6 +30,8 @@ __all__ = [
     "dann_schedule",
     "domain_adversarial_loss",
     "gradient_reversal",
+    "masked_mean_squared_error",
+    "masked_token_cross_entropy",
     "mmd",
     "nt_xent",
     "reversal_coefficient",

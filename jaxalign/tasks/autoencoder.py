@@ -12,9 +12,9 @@ import functools
 from typing import Any, Literal
 
 import jax
-import jax.numpy as jnp
 
 from jaxalign import models
+from jaxalign.objectives.reconstruction import masked_mean_squared_error
 from jaxalign.schema import Group, PositiveInt
 from jaxalign.tasks import images
 from jaxalign.tasks.base import register_task
@@ -71,8 +71,13 @@ class AutoencoderTask(ReconstructionTask):
     def loss(self, params, model_state, batch, rng, step):
         """Mean squared error of the reconstruction over the global batch's pixels."""
         del rng, step
-        reconstruction, _ = self.model.apply({"params": params}, batch["image"])
-        return jnp.mean(jnp.square(reconstruction - batch["image"])), model_state, {}
+        image = batch["image"]
+        reconstruction, _ = self.model.apply({"params": params}, image)
+        pixels = (image.shape[0], -1, image.shape[-1])  # [B, H * W, C]
+        loss = masked_mean_squared_error(
+            reconstruction.reshape(pixels), image.reshape(pixels), mesh=self.mesh
+        )
+        return loss, model_state, {}
 
     def features(self, variables: Any, images: jax.Array) -> jax.Array:
         return self.model.apply(variables, images, method="encode")

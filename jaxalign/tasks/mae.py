@@ -27,6 +27,7 @@ from jaxalign import models
 from jaxalign.data import CLIP_MEAN, CLIP_STD
 from jaxalign.models.mae import patchify, unpatchify
 from jaxalign.objectives.masking import random_patch_mask
+from jaxalign.objectives.reconstruction import masked_mean_squared_error
 from jaxalign.schema import Group, PositiveInt, Unit
 from jaxalign.tasks import images
 from jaxalign.tasks.base import register_task
@@ -131,10 +132,10 @@ class MAETask(ReconstructionTask):
             False,
             rngs={"dropout": jax.random.fold_in(rng, 1)},
         )
-        error = jnp.mean(jnp.square(prediction - self.targets(image)), axis=-1)  # [B, N]
-        loss = jnp.sum(error * mask) / jnp.sum(mask)
-        visible = jnp.sum(error * (1 - mask)) / jnp.sum(1 - mask)
-        return loss, model_state, {"visible_loss": visible}
+        targets = self.targets(image)
+        loss = masked_mean_squared_error(prediction, targets, mask, mesh=self.mesh)
+        visible = masked_mean_squared_error(prediction, targets, 1 - mask, mesh=self.mesh)
+        return loss, model_state, {"visible_loss": jax.lax.stop_gradient(visible)}
 
     def features(self, variables: Any, images: jax.Array) -> jax.Array:
         return self.model.apply(variables, images, method="features")

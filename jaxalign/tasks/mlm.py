@@ -37,6 +37,7 @@ from jaxalign import evals, models
 from jaxalign.data import TextTokenizer, make_pipeline
 from jaxalign.data.text import TextLinesSource, TextTransform
 from jaxalign.objectives.masking import bert_mask
+from jaxalign.objectives.reconstruction import masked_token_cross_entropy
 from jaxalign.schema import ConfigError, Count, Group, ModuleFields, PositiveInt, Unit
 from jaxalign.tasks import images
 from jaxalign.tasks.base import Task, register_task
@@ -277,11 +278,10 @@ class MLMTask(Task):
             False,
             rngs={"dropout": jax.random.fold_in(rng, 1)},
         )
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["ids"])
-        weights = chosen.astype(jnp.float32)
-        count = jnp.maximum(jnp.sum(weights), 1.0)
-        accuracy = jnp.sum((jnp.argmax(logits, -1) == batch["ids"]) * weights) / count
-        return jnp.sum(ce * weights) / count, model_state, {"masked_accuracy": accuracy}
+        loss, accuracy = masked_token_cross_entropy(
+            logits, batch["ids"], chosen.astype(jnp.float32), mesh=self.mesh
+        )
+        return loss, model_state, {"masked_accuracy": accuracy}
 
     # --- evals ----------------------------------------------------------------------------------
 

@@ -27,6 +27,10 @@ class Case:
     reference: Callable  # reference(numpy arrays, scalars) -> float or (float, aux)
     normalise: bool = True  # L2-normalise the rows (embeddings)
     logits: bool = False  # 1-D discriminator logits instead of [batch, DIM] features
+    row: tuple[int, ...] = (DIM,)  # each array's shape after the batch axis
+    # Inputs not differentiated (labels, weights), each [batch, ...], from a seed; the call
+    # and the reference get them after the differentiable arrays.
+    fixed: Callable[[int], tuple[np.ndarray, ...]] | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -39,11 +43,30 @@ class Case:
             if self.logits:
                 x = rng.normal(size=(batch,)) * 2.0
             else:
-                x = rng.normal(size=(batch, DIM)) + (0.5 * i)  # a shift between domains
+                x = rng.normal(size=(batch, *self.row)) + (0.5 * i)  # a shift between domains
                 if self.normalise:
                     x /= np.linalg.norm(x, axis=1, keepdims=True)
             arrays.append(jnp.asarray(x, dtype))
         return tuple(arrays)
+
+    def fixed_inputs(self, seed: int) -> tuple[np.ndarray, ...]:
+        return self.fixed(seed) if self.fixed else ()
+
+
+def _patch_mask(seed: int) -> tuple[np.ndarray]:
+    """``[32, 6]`` 0 / 1 weights, some rows all 0 and one all 1, as MAE's masks never are: a
+    shard's share of the count varies."""
+    weights = np.random.default_rng(seed + 100).random((32, 6)) < 0.4
+    weights[:3], weights[3] = False, True
+    return (weights.astype(np.float32),)
+
+
+def _chosen_tokens(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[32, 6]`` labels in ``[0, DIM)`` and 0 / 1 weights (rows 0-2 with none chosen)."""
+    rng = np.random.default_rng(seed + 200)
+    weights = (rng.random((32, 6)) < 0.3).astype(np.float32)
+    weights[:3] = 0
+    return rng.integers(0, DIM, size=(32, 6)).astype(np.int32), weights
 
 
 CASES = [
@@ -129,6 +152,38 @@ CASES = [
         lambda a, s, mesh: objectives.domain_adversarial_loss(*a, mesh=mesh),
         lambda a, s: ref.domain_adversarial_loss(*a),
         logits=True,
+    ),
+]
+
+CASES += [
+    Case(
+        "masked_mean_squared_error",
+        (32, 32),
+        (),
+        lambda a, s, mesh: objectives.masked_mean_squared_error(*a, mesh=mesh),
+        lambda a, s: ref.masked_mean_squared_error(*a),
+        normalise=False,
+        row=(6, 4),
+        fixed=_patch_mask,
+    ),
+    Case(
+        "mean_squared_error",  # the autoencoder's: every position
+        (32, 32),
+        (),
+        lambda a, s, mesh: objectives.masked_mean_squared_error(*a, mesh=mesh),
+        lambda a, s: ref.masked_mean_squared_error(*a),
+        normalise=False,
+        row=(6, 4),
+    ),
+    Case(
+        "masked_token_cross_entropy",
+        (32,),
+        (),
+        lambda a, s, mesh: objectives.masked_token_cross_entropy(*a, mesh=mesh),
+        lambda a, s: ref.masked_token_cross_entropy(*a),
+        normalise=False,
+        row=(6, DIM),
+        fixed=_chosen_tokens,
     ),
 ]
 

@@ -82,3 +82,27 @@ def coral(source, target):
     ct = np.cov(np.float64(target), rowvar=False)
     d = cs.shape[0]
     return ((cs - ct) ** 2).sum() / (4 * d * d)
+
+
+def masked_mean_squared_error(prediction, target, weights=None):
+    """Loops over the batch's positions: the mean over the weighted positions of each
+    position's mean squared error."""
+    prediction, target = np.float64(prediction), np.float64(target)
+    if weights is None:
+        weights = np.ones(prediction.shape[:2])
+    total = count = 0.0
+    for b in range(prediction.shape[0]):
+        for i in range(prediction.shape[1]):
+            total += weights[b, i] * np.mean((prediction[b, i] - target[b, i]) ** 2)
+            count += weights[b, i]
+    return total / count
+
+
+def masked_token_cross_entropy(logits, labels, weights):
+    """The mean of -log softmax(logits)[label] over the chosen tokens, and their accuracy."""
+    logits = np.float64(logits)
+    log_probs = _log_softmax(logits.reshape(-1, logits.shape[-1])).reshape(logits.shape)
+    chosen = np.argwhere(weights > 0)
+    ce = [-log_probs[b, t, labels[b, t]] for b, t in chosen]
+    hits = [logits[b, t].argmax() == labels[b, t] for b, t in chosen]
+    return float(np.mean(ce)), float(np.mean(hits))

@@ -1,8 +1,9 @@
 """Every objective on a sharded batch equals the same global batch on one device.
 
-Value and gradients with respect to every array input and every scalar (scale, bias,
+Value and gradients with respect to every float array input and every scalar (scale, bias,
 temperature), in float32 (to 1e-5) on meshes of 1, 2, 4 and 8 devices, a 2x4 (data x fsdp)
-mesh and a mesh with a tensor axis; in bfloat16 on the 2 and 2x4 meshes.
+mesh and a mesh with a tensor axis; in bfloat16 on the 2 and 2x4 meshes. Labels and weights
+are inputs too (sharded alike), not differentiated.
 """
 
 import functools
@@ -28,15 +29,16 @@ BF16_VALUE_RTOL = 1e-4
 BF16_GRAD_TOL = 1e-2
 
 
-def _loss_and_grads(case, mesh, arrays, scalars):
-    """(value, aux, grads wrt arrays, grads wrt scalars), jitted."""
+def _loss_and_grads(case, mesh, arrays, scalars, fixed):
+    """(value, aux, grads wrt arrays, grads wrt scalars), jitted; ``fixed`` (labels, weights)
+    are inputs too, not differentiated."""
 
-    def loss(arrays, scalars):
-        out = case.call(arrays, scalars, mesh)
+    def loss(arrays, scalars, fixed):
+        out = case.call(arrays + fixed, scalars, mesh)
         return out if isinstance(out, tuple) else (out, ())
 
     fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-    (value, aux), (array_grads, scalar_grads) = fn(arrays, scalars)
+    (value, aux), (array_grads, scalar_grads) = fn(arrays, scalars, fixed)
     return value, aux, array_grads, scalar_grads
 
 
@@ -45,15 +47,16 @@ def _single_device(case_name, dtype_name):
     case = next(c for c in CASES if c.name == case_name)
     arrays = case.inputs(seed=0, dtype=jnp.dtype(dtype_name))
     scalars = tuple(jnp.float32(s) for s in case.scalars)
-    return _loss_and_grads(case, None, arrays, scalars)
+    fixed = tuple(jnp.asarray(x) for x in case.fixed_inputs(seed=0))
+    return _loss_and_grads(case, None, arrays, scalars, fixed)
 
 
 def _sharded(case, mesh, dtype):
-    arrays = tuple(
-        jax.device_put(x, batch_sharding(mesh)) for x in case.inputs(seed=0, dtype=dtype)
-    )
+    place = lambda xs: tuple(jax.device_put(x, batch_sharding(mesh)) for x in xs)
     scalars = tuple(jnp.float32(s) for s in case.scalars)
-    return _loss_and_grads(case, mesh, arrays, scalars)
+    return _loss_and_grads(
+        case, mesh, place(case.inputs(seed=0, dtype=dtype)), scalars, place(case.fixed_inputs(0))
+    )
 
 
 @pytest.mark.parametrize("mesh_name", list(MESHES))
@@ -98,7 +101,8 @@ def test_bfloat16_close_to_float32(case):
     value, aux, _, _ = _single_device(case.name, "bfloat16")
     rounded = tuple(x.astype(jnp.float32) for x in case.inputs(seed=0, dtype=jnp.bfloat16))
     scalars = tuple(jnp.float32(s) for s in case.scalars)
-    f32_value, f32_aux, _, _ = _loss_and_grads(case, None, rounded, scalars)
+    fixed = tuple(jnp.asarray(x) for x in case.fixed_inputs(seed=0))
+    f32_value, f32_aux, _, _ = _loss_and_grads(case, None, rounded, scalars, fixed)
     np.testing.assert_allclose(value, f32_value, rtol=BF16_VALUE_RTOL)
     np.testing.assert_allclose(aux, f32_aux, rtol=BF16_VALUE_RTOL)
 
