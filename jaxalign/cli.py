@@ -2,6 +2,8 @@
 points. The only module that reads ``sys.argv``.
 
 jaxalign train --config=configs/clip.py:demo --workdir=runs/demo [--config.KEY=VALUE ...]
+    multi-process: JAXALIGN_* or SLURM variables, or --coordinator / --num-processes /
+    --process-id, or --distributed (TPU pods); see jaxalign.parallel.distributed and launch/
 jaxalign eval --workdir=runs/demo   # the run's evals again, from its newest checkpoint
 jaxalign env                        # versions, devices, processes and commit, as JSON
 
@@ -35,13 +37,28 @@ def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     if bad:
         print(f"unknown arguments {bad}; overrides are --config.KEY=VALUE", file=sys.stderr)
         return 2
-    import jax
-
     from jaxalign import config as config_lib
     from jaxalign import train
+    from jaxalign.parallel import distributed
 
-    if args.distributed:
-        jax.distributed.initialize()
+    try:
+        launch = distributed.resolve(
+            os.environ,
+            coordinator=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+            local_device_ids=args.local_device_ids,
+            auto=args.distributed,
+        )
+    except train.UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    distributed.initialize(launch)
+    if launch.source != "single":
+        import jax
+
+        if jax.process_index() == 0:
+            print(distributed.describe(launch), file=sys.stderr)
     try:
         config = config_lib.load(args.config, overrides)
         summary = train.train_and_evaluate(config, args.workdir, progress=args.progress)
@@ -54,7 +71,10 @@ def _train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     except train.Preempted as stop:
         print(f"{stop}; run the same command again to resume", file=sys.stderr)
         return train.PREEMPTED_EXIT_CODE
-    print(json.dumps(summary, indent=2))
+    import jax
+
+    if jax.process_index() == 0:  # one summary for the job
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -89,8 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--distributed",
         action="store_true",
-        help="call jax.distributed.initialize() first (multi-host: TPU pods, SLURM, k8s)",
+        help="join a multi-process job JAX detects itself (TPU pods, Open MPI) when neither "
+        "the flags below, JAXALIGN_* variables nor SLURM describe one (those need no flag)",
     )
+    train.add_argument("--coordinator", help="HOST:PORT of process 0 (multi-process)")
+    train.add_argument("--num-processes", help="processes in the job (with --coordinator)")
+    train.add_argument("--process-id", help="this process's index, 0 .. N-1")
+    train.add_argument("--local-device-ids", help="this process's devices, e.g. 0,1")
     train.set_defaults(run=_train, takes_overrides=True)
     evaluate = commands.add_parser("eval", help="re-run a run's evals from its newest checkpoint")
     evaluate.add_argument("--workdir", required=True)

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -319,44 +318,32 @@ def _free_port() -> int:
 
 
 def test_two_processes_equal_one(data_dir, tmp_path):
-    """Two processes of 4 CPU devices each (jax.distributed, gloo) train the same run as one
-    process of 8 devices: same losses, same eval figures, one set of files, a checkpoint that
-    holds both processes' data positions."""
+    """``launch/local.sh 2 --devices-per-process 4``: two processes of 4 CPU devices each
+    (jax.distributed from the JAXALIGN_* variables the script sets) train the same run as one
+    process of 8 devices: same losses, same eval figures, one set of files written by process
+    0 alone, a checkpoint that holds both processes' data positions."""
     overrides = {
         "train.steps": 4,
         "train.log_every": 1,
         "train.checkpoint_every": 2,
         "train.eval_every": 4,
     }
-    port = _free_port()
-    code = textwrap.dedent(
-        f"""
-        import sys, jax
-        jax.distributed.initialize("127.0.0.1:{port}", num_processes=2, process_id=int(sys.argv[1]))
-        from jaxalign import cli
-        sys.exit(cli.main(["train", *sys.argv[2:]]))
-        """
-    )
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-    }
     args = [f"--config={CONFIG}:tiny", f"--workdir={tmp_path / 'two'}"]
     args += _overrides(data_dir, **overrides)
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(i), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for i in range(2)
-    ]
-    outputs = [child.communicate(timeout=300) for child in children]
-    for child, (_, err) in zip(children, outputs, strict=True):
-        assert child.returncode == 0, err[-3000:]
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "JAXALIGN_PORT": str(_free_port()),
+        "LOG_DIR": str(tmp_path / "logs"),
+    }
+    script = os.path.join(os.path.dirname(CONFIG), "..", "launch", "local.sh")
+    command = ["bash", script, "2", "--devices-per-process", "4", "--", *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    second = (tmp_path / "logs" / "process_1.log").read_text()
+    assert result.returncode == 0, result.stderr[-3000:] + second[-3000:]
+    assert "jax.distributed from env" in result.stderr  # process 0 says how it joined
+    ours = [line for line in second.splitlines() if line and not line.startswith("[Gloo]")]
+    assert not ours, ours[:20]  # process 1 prints nothing of its own (gloo's C++ lines aside)
     one = train.train_and_evaluate(_load(data_dir, **overrides), tmp_path / "one")
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     np.testing.assert_allclose(
