@@ -35,6 +35,7 @@ from jax.sharding import Mesh
 
 from jaxalign import config as config_lib
 from jaxalign import environment
+from jaxalign.data import elastic
 from jaxalign.errors import RunStopped, UserError, WorkdirError
 from jaxalign.parallel import batch_sharding, make_mesh
 from jaxalign.parallel.mesh import describe_mesh
@@ -242,13 +243,15 @@ def _train(
     #      start from the beginning of the seed's first epoch;
     #   3. rows of metrics.jsonl (and TensorBoard events) after the restored step are dropped.
     stream = task.train_stream()
-    iterator = iter(stream)
+    iterator: Any = None
     notes = []
     try:
         if checkpointer.latest_step() is not None:
-            state, data_state, start_step, notes = checkpointer.restore(setup.abstract_state)
-            iterator.set_state(data_state)
+            state, data_states, start_step, notes = checkpointer.restore(setup.abstract_state)
+            iterator, note = elastic.resume(stream, data_states, jax.process_index())
+            notes += [note] if note else []
         else:
+            iterator = iter(stream)
             state, _ = sharded_init(
                 setup.init_state, mesh, setup.rng, shardings=setup.state_shardings
             )
@@ -267,7 +270,8 @@ def _train(
             workdir, total_steps=total_steps, start_step=start_step, progress=progress
         )
     except BaseException:
-        iterator.close()
+        if iterator is not None:
+            iterator.close()
         raise
     writer.log(
         f"jaxalign: {config.task} on {describe_mesh(mesh)} ({mesh.devices.flat[0].device_kind}), "

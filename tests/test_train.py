@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -20,8 +21,9 @@ import pytest
 from jaxalign import cli, train
 from jaxalign import config as config_lib
 from jaxalign.tasks.clip import ClipTask
+from jaxalign.train_lib.checkpoint import Checkpointer
 from jaxalign.train_lib.metric_writers import read_metrics
-from tests.trainer_child import losses, plant_nan, run_trainer
+from tests.trainer_child import losses, plant_nan, run_trainer, saved_subtree
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "clip.py")
 
@@ -220,8 +222,6 @@ def test_a_missing_eval_split_names_the_key(data_dir, tmp_path, capsys):
 
 
 def test_running_a_finished_run_again_evaluates_again(uninterrupted, data_dir, tmp_path):
-    import shutil
-
     workdir = tmp_path / "again"
     shutil.copytree(uninterrupted[0], workdir)
     again = _run_child(workdir, _overrides(data_dir, **RESUME))
@@ -317,7 +317,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_processes_equal_one(data_dir, tmp_path):
+def test_two_processes_equal_one(data_dir, tmp_path, capsys):
     """``launch/local.sh 2 --devices-per-process 4``: two processes of 4 CPU devices each
     (jax.distributed from the JAXALIGN_* variables the script sets) train the same run as one
     process of 8 devices: same losses, same eval figures, one set of files written by process
@@ -358,3 +358,31 @@ def test_two_processes_equal_one(data_dir, tmp_path):
     assert env_json["process_count"] == 2 and env_json["device_count"] == 8
     data = json.loads((tmp_path / "two" / "checkpoints" / "4" / "data" / "metadata").read_text())
     assert sorted(data) == ["process_0", "process_1"]
+    # Elastic: the two processes' checkpoint 2, restored by one process of 8 devices, holds the
+    # saved values bit for bit, and the run continues with the uninterrupted run's losses.
+    config = _load(data_dir, **overrides)
+    checkpointer = Checkpointer(str(tmp_path / "two" / "checkpoints"), keep=1, read_only=True)
+    try:
+        restored, positions, _, _ = checkpointer.restore(
+            train._setup(config, jax.devices()).abstract_state, step=2
+        )
+    finally:
+        checkpointer.close()
+    assert sorted(positions) == ["process_0", "process_1"]
+    for part in ("params", "opt_state"):
+        saved = jax.tree.leaves(saved_subtree(tmp_path / "two", part, step=2))
+        ours = jax.tree.leaves(jax.device_get(getattr(restored, part)))
+        assert len(ours) == len(saved) > 0
+        for a, b in zip(ours, saved, strict=True):
+            np.testing.assert_array_equal(a, b)
+    shutil.copytree(tmp_path / "two", tmp_path / "elastic", ignore=shutil.ignore_patterns("4"))
+    capsys.readouterr()
+    train.train_and_evaluate(config, tmp_path / "elastic")
+    log = capsys.readouterr().out
+    assert "the checkpoint's 2 processes' streams continue" in log
+    assert "shards restart at stream position 32" in log  # 2 steps of 16
+    np.testing.assert_allclose(
+        [_losses(tmp_path / "elastic")[s] for s in range(3, 5)],
+        [_losses(tmp_path / "one")[s] for s in range(3, 5)],
+        rtol=1e-5,
+    )

@@ -40,6 +40,8 @@ from jaxalign.data.transforms import SKIP_FIELD, BadExample, ExampleKey, Skip, T
 from jaxalign.errors import DataError
 
 STATE_VERSION = 1
+# Settings that states saved before they existed lack, with the value those states imply.
+OLDER_SETTINGS = {"start": 0}
 
 
 def _shuffle_seed(seed: int) -> int:
@@ -181,9 +183,16 @@ class Pipeline(grain.IterDataset):
     ``num_records`` is the source's length, ``source_name`` its description.
     """
 
-    def __init__(self, parent: grain.IterDataset, fingerprint: dict[str, Any], source_name: str):
+    def __init__(
+        self,
+        parent: grain.IterDataset,
+        fingerprint: dict[str, Any],
+        source_name: str,
+        arguments: dict[str, Any],
+    ):
         super().__init__(parent)
         self.fingerprint = fingerprint
+        self._arguments = arguments  # make_pipeline's, to rebuild at another start
         self.per_process_batch_size: int = fingerprint["per_process_batch_size"]
         self.process_index: int = fingerprint["process_index"]
         self.process_count: int = fingerprint["process_count"]
@@ -192,6 +201,10 @@ class Pipeline(grain.IterDataset):
 
     def __iter__(self) -> PipelineIterator:
         return PipelineIterator(self._parent.__iter__(), self.fingerprint)
+
+    def at(self, start: int) -> Pipeline:
+        """The same pipeline with its shards beginning at stream position ``start``."""
+        return make_pipeline(**{**self._arguments, "start": int(start)})
 
     def __str__(self) -> str:
         return f"Pipeline({self.fingerprint})"
@@ -228,7 +241,7 @@ class PipelineIterator(grain.DatasetIterator):
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"pipeline state version {state.get('version')!r} != {STATE_VERSION}")
         for key, value in self._fingerprint.items():
-            saved = state["settings"].get(key)
+            saved = state["settings"].get(key, OLDER_SETTINGS.get(key))
             if saved != value:
                 raise ValueError(
                     f"pipeline state was saved with {key}={saved!r}, this pipeline has "
@@ -239,8 +252,12 @@ class PipelineIterator(grain.DatasetIterator):
 
     @property
     def batches(self) -> int:
-        """Batches yielded so far (restored by ``set_state``)."""
+        """Batches yielded so far (restored by ``set_state``; an elastic resume sets it)."""
         return self._batches
+
+    @batches.setter
+    def batches(self, value: int) -> None:
+        self._batches = int(value)
 
     def skip_counts(self) -> dict[str, int]:
         """Examples skipped so far by this process, per reason, as of the last yielded batch."""
@@ -290,6 +307,7 @@ def make_pipeline(
     worker_buffer_size: int = 2,
     chunk_size: int = 16,
     max_skipped_in_a_row: int = 1000,
+    start: int = 0,
 ) -> Pipeline:
     """Builds this process's stream of batches over a random-access ``source``.
 
@@ -316,6 +334,9 @@ def make_pipeline(
       max_skipped_in_a_row: this many examples skipped in a row (no good one between) raise
         ``TooManySkipped`` (a ``DataError``) from ``next()``, naming the source, the reasons
         and where the last one was: data that is all bad stops the run instead of spinning.
+      start: the stream position the shards begin at (process k reads ``start + k``, ``start
+        + k + P``, ...); 0 for a new run. ``Pipeline.at`` rebuilds a pipeline at another start
+        (an elastic resume, :mod:`jaxalign.data.elastic`).
 
     Returns:
       A :class:`Pipeline`; ``iter(pipeline)`` gives a :class:`PipelineIterator` of batches
@@ -326,6 +347,7 @@ def make_pipeline(
     a finite ``num_epochs`` processes may then yield different numbers of batches: multi-host
     training should use ``num_epochs=None`` and stop at a step count.
     """
+    arguments = dict(locals())  # the parameters, for Pipeline.at (nothing else is defined yet)
     if process_index is None or process_count is None:
         import jax
 
@@ -342,6 +364,8 @@ def make_pipeline(
         raise ValueError(f"seed={seed} must be in [0, 2**32)")
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs={num_epochs} must be >= 1 or None (forever)")
+    if start < 0:
+        raise ValueError(f"start={start} must be >= 0")
     if max_skipped_in_a_row < 1:
         raise ValueError(f"max_skipped_in_a_row={max_skipped_in_a_row} must be >= 1")
     if worker_count < 0 or prefetch < 0 or chunk_size < 1:
@@ -357,7 +381,7 @@ def make_pipeline(
     ds = grain.MapDataset.range(num_records).shuffle(seed=_shuffle_seed(seed))
     ds = ds.repeat(num_epochs)  # epoch e reshuffles with seed + e
     ds = ds.map_with_index(_EpochAndIndex(num_records))
-    ds = ds[process_index::process_count]
+    ds = ds[start + process_index :: process_count]
     ds = ds.map(_ReadAndTransform(source, transform, seed))
     ds = ds.batch(chunk_size, batch_fn=list)  # the unit of work of a thread / worker
 
@@ -385,8 +409,9 @@ def make_pipeline(
         "num_epochs": num_epochs,
         "worker_count": int(worker_count),  # these two shape the saved state
         "chunk_size": int(chunk_size),
+        "start": int(start),
     }
-    return Pipeline(stream, fingerprint, source_name)
+    return Pipeline(stream, fingerprint, source_name, arguments)
 
 
 def to_global_array(batch: Mapping[str, Any], mesh: Any) -> dict[str, Any]:

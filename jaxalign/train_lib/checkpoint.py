@@ -159,7 +159,8 @@ class Checkpointer:
     def restore(
         self, abstract_state: Any, step: int | None = None
     ) -> tuple[Any, Any, int, list[str]]:
-        """``(state, this process's data-iterator state, step, notes)`` of checkpoint ``step``,
+        """``(state, every process's data-iterator state, step, notes)`` of checkpoint ``step``
+        (the data states as ``{"process_<k>": state}``, for ``jaxalign.data.elastic.resume``),
         by default of the newest checkpoint that reads (see the module docstring); ``notes``
         name each newer checkpoint that did not read, why, and where it was moved.
 
@@ -168,7 +169,7 @@ class Checkpointer:
 
         Raises:
           FileNotFoundError: no complete checkpoint in the directory (or no ``step``).
-          ConfigError: the checkpoint was written by a different number of processes.
+          ConfigError: the checkpoint holds no data positions (not a dict of processes).
           DataError: no checkpoint reads (each is named with its error; none is moved).
         """
         steps = [self._step(step)] if step is not None else sorted(self.all_steps(), reverse=True)
@@ -190,14 +191,11 @@ class Checkpointer:
                 failures.append((candidate, _short(error)))
                 continue
             data = restored[DATA]
-            key = f"process_{jax.process_index()}"
-            if not isinstance(data, dict) or len(data) != jax.process_count() or key not in data:
-                count = len(data) if isinstance(data, dict) else "no"
+            if not isinstance(data, dict) or not data:
                 raise ConfigError(
-                    f"checkpoint {candidate} in {self.directory!r} holds the data positions of "
-                    f"{count} processes; this run has {jax.process_count()}"
+                    f"checkpoint {candidate} in {self.directory!r} holds no data positions"
                 )
-            return restored[STATE], data[key], candidate, self._set_aside(failures)
+            return restored[STATE], data, candidate, self._set_aside(failures)
         raise DataError(
             f"no checkpoint in {self.directory!r} can be read: "
             + "; ".join(f"step {s}: {why}" for s, why in failures)

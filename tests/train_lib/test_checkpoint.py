@@ -43,7 +43,7 @@ def test_round_trip_keeps_values_shardings_and_data_position(tmp_path):
     restored, data, step, notes = checkpointer.restore(_abstract(state))
     assert notes == []
     checkpointer.close()
-    assert step == 4 and data == {"position": 4, "epoch": 0}
+    assert step == 4 and data == {"process_0": {"position": 4, "epoch": 0}}
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
         np.testing.assert_array_equal(got, want)
         assert got.sharding == want.sharding
@@ -70,7 +70,7 @@ def test_keep_and_incomplete_directories(tmp_path):
     reopened = Checkpointer(tmp_path, keep=2)
     assert reopened.latest_step() == 25
     state, data, step, _ = reopened.restore(_abstract(_state(mesh)))
-    assert step == 25 and data == {"position": 25}
+    assert step == 25 and data == {"process_0": {"position": 25}}
     np.testing.assert_array_equal(state["key_free"]["bias"], np.full((3,), 25.5))
     with pytest.raises(FileNotFoundError, match="no complete checkpoint at step 30"):
         reopened.restore(_abstract(_state(mesh)), step=30)
@@ -114,7 +114,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
     damage(tmp_path / "checkpoints" / "3")
     checkpointer = Checkpointer(tmp_path / "checkpoints", keep=3)
     state, data, step, notes = checkpointer.restore(_abstract(_state(mesh)))
-    assert step == 2 and data == {"position": 2}
+    assert step == 2 and data == {"process_0": {"position": 2}}
     np.testing.assert_array_equal(state["key_free"]["bias"], np.full((3,), 2.5))
     # The damaged one is named, moved aside (not deleted), and no longer counts.
     assert len(notes) == 1 and "checkpoints/3 does not read" in notes[0], notes
