@@ -86,7 +86,12 @@ Keys (every preset has all of them; ``jaxalign.tasks.clip.ClipConfig`` and the g
   (image <-> caption recall@k on this split; ``""``: off), ``batch_size``, ``max_examples``
   (per split; 0: the whole split).
 - ``mesh``: ``data``, ``fsdp``, ``tensor`` axis sizes; ``-1`` (at most one axis) takes the devices
-  the others leave.
+  the others leave. A second argument names one of ``jaxalign.config.MESH_PRESETS``:
+  ``configs/clip.py:vit_l14,fsdp_tensor4`` (``data``: replicas; ``fsdp``: every weight and its
+  optimizer state split over all devices; ``hybrid8``: fsdp within 8-device hosts, replicas
+  across; ``fsdp_tensor4``: fsdp and the wide weights split 4 ways). Weights' ``embed`` axes go
+  over ``fsdp``, their ``mlp`` / ``heads`` / ``vocab`` axes over ``tensor``
+  (``jaxalign/parallel/sharding.py``).
 - ``adapt`` (task ``clip_adapt`` only): ``method`` (``none`` | ``mmd`` | ``dann``), ``weight``
   (of the domain term), ``target_split`` (unlabelled target images; only the image is read),
   ``target_batch_size`` (global target images per step; 0: ``train.global_batch_size``),
@@ -309,7 +314,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     Raises:
       ValueError: an unknown preset; the message lists the choices.
     """
-    preset = "demo" if arg is None or arg == "" else arg
+    preset, _, mesh = ("demo" if arg is None or arg == "" else arg).partition(",")
     if preset not in PRESETS:
         raise ValueError(f"configs/clip.py: unknown preset {preset!r}; choose from {PRESETS}")
     config = base()
@@ -324,4 +329,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif preset == "tiny_adapt":
         tiny(config)
         adapt(config, "mmd")
+    if mesh:  # after the preset's own mesh
+        config.mesh = config_lib.mesh_group(mesh)
     return config

@@ -124,10 +124,31 @@ def train_group(**values: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict({"keep_checkpoints": 2, "max_failed_saves": 3, **values})
 
 
-def mesh_group(**values: Any) -> ml_collections.ConfigDict:
-    """A config file's ``mesh`` group: data parallel over every device unless ``values`` say
-    otherwise (``jaxalign.schema.MeshConfig``)."""
-    return ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, **values})
+# Named meshes: how the devices split into the data, fsdp and tensor axes. The logical axis
+# rules (jaxalign/parallel/sharding.py) put each weight's ``embed`` axis over fsdp and its wide
+# axis (``mlp``, ``heads``, ``vocab``) over tensor; the batch is split over data and fsdp.
+MESH_PRESETS: dict[str, dict[str, int]] = {
+    # replicas: every device holds the whole model and optimizer state (small models)
+    "data": {"data": -1, "fsdp": 1, "tensor": 1},
+    # ZeRO-3: every weight and its optimizer moments split over all devices, gathered per layer
+    "fsdp": {"data": 1, "fsdp": -1, "tensor": 1},
+    # fsdp within a host of 8 devices, replicas across hosts (gathers stay on the host's links)
+    "hybrid8": {"data": -1, "fsdp": 8, "tensor": 1},
+    # fsdp, and each wide weight split 4 ways (tensor parallelism within a host)
+    "fsdp_tensor4": {"data": 1, "fsdp": -1, "tensor": 4},
+}
+
+
+def mesh_group(preset: str = "data", **values: Any) -> ml_collections.ConfigDict:
+    """A config file's ``mesh`` group: ``MESH_PRESETS[preset]`` with ``values`` on top
+    (``jaxalign.schema.MeshConfig``).
+
+    Raises:
+      ValueError: an unknown preset, listing the choices.
+    """
+    if preset not in MESH_PRESETS:
+        raise ValueError(f"unknown mesh preset {preset!r}; choose from {sorted(MESH_PRESETS)}")
+    return ml_collections.ConfigDict({**MESH_PRESETS[preset], **values})
 
 
 # --- load and override -------------------------------------------------------------------------

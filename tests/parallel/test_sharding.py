@@ -1,6 +1,8 @@
 """Logical axis rules: specs, fsdp sharding of a real preset, and a sharded forward pass that
 equals the one-device one."""
 
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,14 +11,18 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxalign import config as config_lib
 from jaxalign import models
 from jaxalign.parallel import make_mesh
 from jaxalign.parallel.sharding import (
     LOGICAL_RULES,
+    abstract_init,
     activation_context,
     logical_to_spec,
     sharded_init,
 )
+
+CLIP = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "clip.py")
 
 
 def test_each_logical_name_has_one_rule():
@@ -85,3 +91,29 @@ def test_sharded_forward_equals_one_device(mesh_shape):
         outputs, _ = jax.jit(model.apply)(sharded, images, ids)
     for key in ("image", "text"):
         np.testing.assert_allclose(outputs[key], reference[key], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "preset, sizes, kernel_axes",
+    [
+        ("data", {"data": 8, "fsdp": 1, "tensor": 1}, (None, None)),
+        ("fsdp", {"data": 1, "fsdp": 8, "tensor": 1}, ("fsdp", None)),
+        ("hybrid8", {"data": 1, "fsdp": 8, "tensor": 1}, ("fsdp", None)),
+        ("fsdp_tensor4", {"data": 1, "fsdp": 2, "tensor": 4}, ("fsdp", "tensor")),
+    ],
+)
+def test_mesh_presets_split_the_weights_by_their_logical_axes(preset, sizes, kernel_axes):
+    """``configs/clip.py:vit_b16,<mesh preset>`` on 8 devices: the mesh it names, and an MLP
+    kernel (``embed`` x ``mlp``) split as the rules say on that mesh."""
+    config = config_lib.load(f"{CLIP}:vit_b16,{preset}")
+    config_lib.validate(config, 8, check_data=False)
+    mesh = make_mesh(dict(config.mesh), jax.devices())
+    assert dict(mesh.shape) == sizes
+    model = models.build("ViT-B/16")
+    image, ids = jnp.zeros((1, 224, 224, 3)), jnp.zeros((1, 77), int)
+    _, shardings = abstract_init(model.init, mesh, jax.random.key(0), image, ids)
+    fc1 = shardings["params"]["image_tower"]["encoder"]["block_0"]["mlp"]["fc1"]["kernel"]
+    split = tuple(a if a and mesh.shape[a] > 1 else None for a in (*fc1.spec, None, None)[:2])
+    assert split == kernel_axes, fc1.spec
+    with pytest.raises(config_lib.ConfigError, match="unknown mesh preset 'zero3'"):
+        config_lib.load(f"{CLIP}:vit_b16,zero3")
