@@ -1,7 +1,7 @@
 """Kill-during-save soak: SIGKILL the trainer at random moments, restart it, compare with a run
 that was never interrupted.
 
-    python benchmarks/kill_soak.py --trials 20 --out /tmp/soak [--steps 30]
+    python benchmarks/kill_soak.py --trials 20 --out /tmp/soak [--steps 30] [--processes 2]
 
 One uninterrupted run of ``configs/clip.py:tiny`` (one CPU device, a checkpoint every 3 steps,
 every step logged) gives the reference losses. Then each trial starts a fresh work directory,
@@ -12,6 +12,11 @@ same moments every time) in one of two ways, alternately:
   delay uniform in [0, 0.5] s;
 - ``save``: as soon as an orbax temporary directory (a save in progress) appears once step
   ``k`` is logged.
+
+With ``--processes N`` every run is N processes of one CPU device each, joined by
+jax.distributed (``JAXALIGN_*`` variables, as ``launch/local.sh`` sets them); a trial SIGKILLs
+one of them (drawn at random) at the chosen moment, then the others at once, as a scheduler
+tearing the job down would; every restart is again N processes.
 
 It notes what the kill hit (start-up, between saves, or a save: a temporary directory left
 behind) and runs the same command again until it exits 0. A trial passes when its final
@@ -54,8 +59,34 @@ def _command(workdir: str, data_dir: str, steps: int) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(command: list[str], processes: int, **popen) -> list[subprocess.Popen]:
+    """The run's processes (one CPU device each), started."""
+    base = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    if processes == 1:
+        return [subprocess.Popen(command, env=base, **popen)]
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            command,
+            env={
+                **base,
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+                "JAXALIGN_COORDINATOR": f"127.0.0.1:{port}",
+                "JAXALIGN_NUM_PROCESSES": str(processes),
+                "JAXALIGN_PROCESS_ID": str(k),
+            },
+            **popen,
+        )
+        for k in range(processes)
+    ]
 
 
 def _losses(workdir: str) -> list[tuple[int, float]]:
@@ -81,8 +112,12 @@ def _logged(workdir: str) -> int:
         return sum(1 for line in f if '"loss"' in line)
 
 
-def _kill_when(child: subprocess.Popen, workdir: str, mode: str, step: int, delay: float) -> None:
-    """Polls every 5 ms until the moment ``mode`` / ``step`` / ``delay`` names, then kills."""
+def _kill_when(
+    children: list[subprocess.Popen], victim: int, workdir: str, mode: str, step: int, delay: float
+) -> None:
+    """Polls every 5 ms until the moment ``mode`` / ``step`` / ``delay`` names, then SIGKILLs
+    ``children[victim]``, then the others."""
+    child = children[victim]
     while child.poll() is None:
         if _logged(workdir) >= step:
             if mode == "save":
@@ -92,30 +127,36 @@ def _kill_when(child: subprocess.Popen, workdir: str, mode: str, step: int, dela
                 time.sleep(delay)
             break
         time.sleep(0.005)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    for process in [child] + [c for c in children if c is not child]:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
 
 
-def _run_to_the_end(command: list[str]) -> int:
-    """Reruns until exit 0; returns how many runs it took."""
+def _run_to_the_end(command: list[str], processes: int) -> int:
+    """Reruns (all processes) until every one exits 0; returns how many runs it took."""
     for attempt in range(1, 4):
-        result = subprocess.run(command, capture_output=True, text=True, env=_env(), check=False)
-        if result.returncode == 0:
+        children = _start(command, processes, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)  # fmt: skip
+        errors = [c.communicate()[1] for c in children]
+        if all(c.returncode == 0 for c in children):
             return attempt
-        print(result.stderr[-2000:], file=sys.stderr)
+        for child, error in zip(children, errors, strict=True):
+            if child.returncode:
+                print(error[-2000:], file=sys.stderr)
     raise RuntimeError(f"{command} did not finish in 3 attempts")
 
 
 def _table(trials: list[dict]) -> str:
     """The trials as a Markdown table."""
     lines = [
-        "| trial | kill | steps logged at kill | kill hit | runs to finish | each step once "
-        "| losses bit-equal |",
-        "|---|---|---|---|---|---|---|",
+        "| trial | kill | process killed first | steps logged at kill | kill hit | runs to "
+        "finish | each step once | losses bit-equal |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for t in trials:
         lines.append(
             f"| {t['trial']} | {t['mode']} after step {t['after_step']} | "
+            f"{t['killed_process']} | "
             f"{t['steps_logged_at_kill']} | {t['kill_hit']} | {t['restarts']} | "
             f"{t['each_step_once']} | {t['losses_bit_equal']} |"
         )
@@ -128,6 +169,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="/tmp/jaxalign_soak")
+    parser.add_argument("--processes", type=int, default=1, help="processes per run")
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out)
@@ -135,7 +177,7 @@ def main() -> None:
 
     reference_dir = os.path.join(args.out, "reference")
     started = time.perf_counter()
-    _run_to_the_end(_command(reference_dir, data_dir, args.steps))
+    _run_to_the_end(_command(reference_dir, data_dir, args.steps), args.processes)
     wall = time.perf_counter() - started
     reference = _losses(reference_dir)
     assert [s for s, _ in reference] == list(range(1, args.steps + 1)), reference
@@ -146,22 +188,24 @@ def main() -> None:
         workdir = os.path.join(args.out, f"trial{trial:02d}")
         mode = ("step", "save")[trial % 2]
         step, delay = int(rng.integers(1, args.steps + 1)), float(rng.uniform(0.0, 0.5))
-        child = subprocess.Popen(
+        victim = int(rng.integers(args.processes)) if args.processes > 1 else 0
+        children = _start(
             _command(workdir, data_dir, args.steps),
+            args.processes,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=_env(),
         )
-        _kill_when(child, workdir, mode, step, delay)
+        _kill_when(children, victim, workdir, mode, step, delay)
         logged = _logged(workdir)
         hit = "a save" if _saving(workdir) else "start-up" if not logged else "between saves"
         if logged == args.steps and not _saving(workdir):
             hit = "the end"
-        restarts = _run_to_the_end(_command(workdir, data_dir, args.steps))
+        restarts = _run_to_the_end(_command(workdir, data_dir, args.steps), args.processes)
         final = _losses(workdir)
         trials.append(
             {
                 "trial": trial,
+                "killed_process": victim,
                 "mode": mode,
                 "after_step": step,
                 "steps_logged_at_kill": logged,

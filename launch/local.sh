@@ -19,7 +19,8 @@
 #   JAX_PLATFORMS   cpu (default), cuda or gpu
 #   JAXALIGN_PORT   the coordinator's port on 127.0.0.1 (default: 8476)
 #   LOG_DIR         where processes 1 .. N-1 write their output, process_<k>.log (default:
-#                   $TMPDIR/jaxalign-local-<port>); process 0 writes to this terminal
+#                   $TMPDIR/jaxalign-local-<port>); process 0 writes to this terminal; each
+#                   process's pid is in process_<k>.pid (to signal one, e.g. to try preemption)
 #
 # Exit status: 0 when every process exits 0; otherwise the first failing process's status
 # (143: preempted, resume by running the same command). When one process fails, the others are
@@ -86,13 +87,14 @@ for ((k = 0; k < processes; k++)); do
     echo "$line"
     continue
   fi
+  mkdir -p "$log_dir"
   if ((k == 0)); then
     "${command[@]}" &
   else
-    mkdir -p "$log_dir"
     "${command[@]}" >"$log" 2>&1 &
   fi
   pids+=($!)
+  echo "$!" >"$log_dir/process_$k.pid"
 done
 ((dry_run)) && exit 0
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -23,7 +21,7 @@ from jaxalign import config as config_lib
 from jaxalign.tasks.clip import ClipTask
 from jaxalign.train_lib.checkpoint import Checkpointer
 from jaxalign.train_lib.metric_writers import read_metrics
-from tests.trainer_child import losses, plant_nan, run_trainer, saved_subtree
+from tests.trainer_child import losses, plant_nan, run_trainer
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "clip.py")
 
@@ -235,7 +233,6 @@ def test_running_a_finished_run_again_evaluates_again(uninterrupted, data_dir, t
 def test_eval_command_reruns_the_evals_from_the_newest_checkpoint(
     uninterrupted, capsys, monkeypatch
 ):
-    from jaxalign.train_lib.checkpoint import Checkpointer
 
     asked = []
     restore_part = Checkpointer.restore_part
@@ -307,82 +304,3 @@ def test_fewer_steps_than_the_run_reached_are_refused(uninterrupted, data_dir, t
     args += _overrides(data_dir, **{**RESUME, "train.steps": 6})
     assert cli.main(args) == 2
     assert "config.train.steps=6: the run in" in capsys.readouterr().err
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_two_processes_equal_one(data_dir, tmp_path, capsys):
-    """``launch/local.sh 2 --devices-per-process 4``: two processes of 4 CPU devices each
-    (jax.distributed from the JAXALIGN_* variables the script sets) train the same run as one
-    process of 8 devices: same losses, same eval figures, one set of files written by process
-    0 alone, a checkpoint that holds both processes' data positions."""
-    overrides = {
-        "train.steps": 4,
-        "train.log_every": 1,
-        "train.checkpoint_every": 2,
-        "train.eval_every": 4,
-    }
-    args = [f"--config={CONFIG}:tiny", f"--workdir={tmp_path / 'two'}"]
-    args += _overrides(data_dir, **overrides)
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "JAXALIGN_PORT": str(_free_port()),
-        "LOG_DIR": str(tmp_path / "logs"),
-    }
-    script = os.path.join(os.path.dirname(CONFIG), "..", "launch", "local.sh")
-    command = ["bash", script, "2", "--devices-per-process", "4", "--", *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    second = (tmp_path / "logs" / "process_1.log").read_text()
-    assert result.returncode == 0, result.stderr[-3000:] + second[-3000:]
-    assert "jax.distributed from env" in result.stderr  # process 0 says how it joined
-    ours = [line for line in second.splitlines() if line and not line.startswith("[Gloo]")]
-    assert not ours, ours[:20]  # process 1 prints nothing of its own (gloo's C++ lines aside)
-    one = train.train_and_evaluate(_load(data_dir, **overrides), tmp_path / "one")
-    two = json.loads((tmp_path / "two" / "summary.json").read_text())
-    np.testing.assert_allclose(
-        [_losses(tmp_path / "two")[s] for s in range(1, 5)],
-        [_losses(tmp_path / "one")[s] for s in range(1, 5)],
-        rtol=1e-5,
-    )
-    for key, value in one.items():
-        if key.startswith("eval/"):
-            assert two[key] == pytest.approx(value, abs=1e-6), key
-    env_json = json.loads((tmp_path / "two" / "env.json").read_text())
-    assert env_json["process_count"] == 2 and env_json["device_count"] == 8
-    data = json.loads((tmp_path / "two" / "checkpoints" / "4" / "data" / "metadata").read_text())
-    assert sorted(data) == ["process_0", "process_1"]
-    # Elastic: the two processes' checkpoint 2, restored by one process of 8 devices, holds the
-    # saved values bit for bit, and the run continues with the uninterrupted run's losses.
-    config = _load(data_dir, **overrides)
-    checkpointer = Checkpointer(str(tmp_path / "two" / "checkpoints"), keep=1, read_only=True)
-    try:
-        restored, positions, _, _ = checkpointer.restore(
-            train._setup(config, jax.devices()).abstract_state, step=2
-        )
-    finally:
-        checkpointer.close()
-    assert sorted(positions) == ["process_0", "process_1"]
-    for part in ("params", "opt_state"):
-        saved = jax.tree.leaves(saved_subtree(tmp_path / "two", part, step=2))
-        ours = jax.tree.leaves(jax.device_get(getattr(restored, part)))
-        assert len(ours) == len(saved) > 0
-        for a, b in zip(ours, saved, strict=True):
-            np.testing.assert_array_equal(a, b)
-    shutil.copytree(tmp_path / "two", tmp_path / "elastic", ignore=shutil.ignore_patterns("4"))
-    capsys.readouterr()
-    train.train_and_evaluate(config, tmp_path / "elastic")
-    log = capsys.readouterr().out
-    assert "the checkpoint's 2 processes' streams continue" in log
-    assert "shards restart at stream position 32" in log  # 2 steps of 16
-    np.testing.assert_allclose(
-        [_losses(tmp_path / "elastic")[s] for s in range(3, 5)],
-        [_losses(tmp_path / "one")[s] for s in range(3, 5)],
-        rtol=1e-5,
-    )

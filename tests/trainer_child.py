@@ -18,7 +18,6 @@ import textwrap
 from jaxalign.train_lib.metric_writers import read_metrics
 
 _CACHE_DIR: list[str] = []
-CACHE_ENV = "JAXALIGN_TEST_XLA_CACHE"  # the xdist controller's cache, shared by its workers
 
 
 def compilation_cache_dir() -> str:
@@ -28,8 +27,6 @@ def compilation_cache_dir() -> str:
     as an earlier one's (same config, same devices) loads them instead. An executable is only
     read back for the identical program, compile options and devices, so what runs is what a
     fresh compile would have produced."""
-    if not _CACHE_DIR and os.environ.get(CACHE_ENV):
-        _CACHE_DIR.append(os.environ[CACHE_ENV])  # a worker: the controller removes it
     if not _CACHE_DIR:
         path = tempfile.mkdtemp(prefix="jaxalign-tests-xla-cache-")
         atexit.register(shutil.rmtree, path, True)
