@@ -91,8 +91,10 @@ def test_two_processes_equal_one(builtin_data_dir, tmp_path, capsys):
     assert result.returncode == 0, result.stderr[-3000:] + second[-3000:]
     assert f"resumed from checkpoint {stopped}" in result.stdout
     assert "jax.distributed from env" in result.stderr  # process 0 says how it joined
-    ours = [line for line in second.splitlines() if line and not line.startswith("[Gloo]")]
-    assert not ours, ours[:20]  # process 1 prints nothing of its own (gloo's C++ lines aside)
+    # Process 1 prints nothing of its own: only gloo's C++ lines, whose writes may interleave.
+    ours = [line for line in second.splitlines()
+            if line.strip() and "Gloo" not in line and "peer ranks" not in line]  # fmt: skip
+    assert not ours, ours[:20]
 
     config = config_lib.load(f"{CONFIG}:tiny", _args(builtin_data_dir, "x")[2:])
     one = train.train_and_evaluate(config, tmp_path / "one")

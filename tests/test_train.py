@@ -119,41 +119,10 @@ def test_sigterm_saves_and_stops_cleanly(uninterrupted, data_dir, tmp_path):
     assert _losses(tmp_path) == _losses(reference)
 
 
-def test_one_device_equals_eight(data_dir, tmp_path):
+def test_one_device_equals_eight(data_dir, tmp_path, monkeypatch):
     """The whole trainer on one device and on 2x4 (data x fsdp: the batch over 8 shards, the
-    parameters over 4): the same losses and, after 10 steps, the same parameters."""
-    overrides = {
-        "train.steps": 10,
-        "train.log_every": 1,
-        "train.checkpoint_every": 10,
-        "train.eval_every": 10,
-        "evals.zeroshot_split": "''",
-        "evals.retrieval_split": "''",
-    }
-    one = train.train_and_evaluate(
-        _load(data_dir, **overrides), tmp_path / "one", devices=jax.devices()[:1]
-    )
-    config = _load(data_dir, **overrides, **{"mesh.data": 2, "mesh.fsdp": 4})
-    eight = train.train_and_evaluate(config, tmp_path / "eight")
-    assert one["step"] == eight["step"] == 10
-    assert json.loads((tmp_path / "eight" / "env.json").read_text())["mesh"]["fsdp"] == 4
-    losses_one, losses_eight = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
-    assert sorted(losses_one) == list(range(1, 11))
-    np.testing.assert_allclose(
-        [losses_eight[s] for s in range(1, 11)], [losses_one[s] for s in range(1, 11)], rtol=1e-5
-    )
-    assert not np.isclose(losses_one[1], losses_one[10])  # it trains
-    # Parameters with a zero gradient up to rounding (attention key biases: softmax ignores a
-    # per-query shift) drift by Adam-normalised rounding noise: 1e-4.
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-        saved_subtree(tmp_path / "eight", "params"),
-        saved_subtree(tmp_path / "one", "params"),
-    )
-
-
-def test_the_step_is_traced_once_per_run(data_dir, tmp_path, monkeypatch):
-    """Six steps with a checkpoint and an eval in between: one trace (a trainer that called a
+    parameters over 4): the same losses, eval figures and, after 10 steps, parameters. With a
+    checkpoint and an eval in between, each run traces its step once (a trainer that called a
     jitted step whose arguments changed type or sharding along the way would show more)."""
     traces = []
     loss_and_grad = ClipTask.loss_and_grad
@@ -163,8 +132,37 @@ def test_the_step_is_traced_once_per_run(data_dir, tmp_path, monkeypatch):
         return loss_and_grad(self, *args)
 
     monkeypatch.setattr(ClipTask, "loss_and_grad", counted)
-    train.train_and_evaluate(_load(data_dir, **{"train.steps": 6}), tmp_path)
+    overrides = {
+        "train.steps": 10,
+        "train.log_every": 1,
+        "train.checkpoint_every": 5,
+        "train.eval_every": 5,
+    }
+    one = train.train_and_evaluate(
+        _load(data_dir, **overrides), tmp_path / "one", devices=jax.devices()[:1]
+    )
     assert len(traces) == 1
+    config = _load(data_dir, **overrides, **{"mesh.data": 2, "mesh.fsdp": 4})
+    eight = train.train_and_evaluate(config, tmp_path / "eight")
+    assert len(traces) == 2
+    assert one["step"] == eight["step"] == 10
+    assert json.loads((tmp_path / "eight" / "env.json").read_text())["mesh"]["fsdp"] == 4
+    losses_one, losses_eight = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
+    assert sorted(losses_one) == list(range(1, 11))
+    np.testing.assert_allclose(
+        [losses_eight[s] for s in range(1, 11)], [losses_one[s] for s in range(1, 11)], rtol=1e-5
+    )
+    assert not np.isclose(losses_one[1], losses_one[10])  # it trains
+    for key, value in one.items():
+        if key.startswith("eval/"):
+            assert eight[key] == pytest.approx(value, abs=1e-5), key
+    # Parameters with a zero gradient up to rounding (attention key biases: softmax ignores a
+    # per-query shift) drift by Adam-normalised rounding noise: 1e-4.
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+        saved_subtree(tmp_path / "eight", "params"),
+        saved_subtree(tmp_path / "one", "params"),
+    )
 
 
 def test_a_nan_batch_is_skipped_and_counted(data_dir, tmp_path, monkeypatch):

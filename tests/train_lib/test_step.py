@@ -164,29 +164,32 @@ def _delta(before, after):
 
 
 def test_parameter_groups_scale_and_freeze():
-    config = _config("optim.warmup_steps=0")  # a non-zero rate at the first update
+    """One group halves the image tower's rate, another freezes the text tower. Without
+    clipping: a clip by the global norm would couple the towers (frozen parameters have no
+    gradient in the norm)."""
+    config = _config("optim.warmup_steps=0", "optim.clip_norm=0")  # a rate at the first update
     batch = list(_batches(1))
     plain = _run(config, {"data": 1}, batch, groups=())[1]
-    halved = _run(config, {"data": 1}, batch, groups=(ParamGroup("^image_tower/", 0.5),))[1]
-    frozen = _run(config, {"data": 1}, batch, groups=(ParamGroup("^text_tower/", 0.0),))[1]
+    groups = (ParamGroup("^image_tower/", 0.5), ParamGroup("^text_tower/", 0.0))
+    grouped = _run(config, {"data": 1}, batch, groups=groups)[1]
     _, start, _, _ = _setup(config, {"data": 1}, groups=())
     start = jax.device_get(start.params)
     d_plain = _delta(start, jax.device_get(plain.params))
-    d_half = _delta(start, jax.device_get(halved.params))
-    d_frozen = _delta(start, jax.device_get(frozen.params))
-    # AdamW's step (the decay term included) is proportional to the rate.
+    d_grouped = _delta(start, jax.device_get(grouped.params))
+    # AdamW's step (the decay term included) is proportional to the rate; the frozen tower's
+    # group changes nothing else.
     jax.tree.map(
         lambda h, p: np.testing.assert_allclose(h, 0.5 * p, rtol=1e-4, atol=1e-7),
-        d_half["image_tower"],
+        d_grouped["image_tower"],
         d_plain["image_tower"],
     )
-    jax.tree.map(np.testing.assert_array_equal, d_half["text_tower"], d_plain["text_tower"])
-    assert all(np.all(d == 0) for d in jax.tree.leaves(d_frozen["text_tower"]))
-    assert any(np.any(d != 0) for d in jax.tree.leaves(d_frozen["image_tower"]))
-    # Frozen parameters keep no Adam moments: fewer optimizer arrays than parameters twice.
-    count = lambda state: sum(x.size for x in jax.tree.leaves(state.opt_state))
+    assert any(np.any(d != 0) for d in jax.tree.leaves(d_grouped["image_tower"]))
+    assert all(np.all(d == 0) for d in jax.tree.leaves(d_grouped["text_tower"]))
+    # Frozen parameters keep no Adam moments: fewer optimizer values than their size twice
+    # (scalars aside: each group keeps its own step count).
+    count = lambda state: sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
     text_size = sum(x.size for x in jax.tree.leaves(start["text_tower"]))
-    assert count(plain) - count(frozen) == 2 * text_size
+    assert count(plain) - count(grouped) == 2 * text_size
 
 
 def test_moving_average_of_the_parameters():
