@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from jaxalign.data.pipeline import skip_counts_of
 from jaxalign.errors import ConfigError
 
 # Settings that only shape how each process reads its shard.
@@ -37,18 +38,13 @@ PER_PROCESS = {"process_index", "process_count", "per_process_batch_size", "star
                "worker_count", "chunk_size"}  # fmt: skip
 
 
-def _skipped(state: Mapping[str, Any]) -> int:
-    node = state["pipeline"]
-    while "skipped" not in node:  # under grain's (prefetch, batch) wrappers
-        node = node["parent"]
-    return sum(int(n) for n in node["skipped"].values())
-
-
 def consumed(state: Mapping[str, Any]) -> int:
     """Positions of its shard a process had read at a pipeline ``state``: the examples it
     batched and those it skipped."""
     settings = state["settings"]
-    return int(state["batches"]) * int(settings["per_process_batch_size"]) + _skipped(state)
+    return int(state["batches"]) * int(settings["per_process_batch_size"]) + sum(
+        skip_counts_of(state["pipeline"]).values()
+    )
 
 
 def restart_position(states: list[Mapping[str, Any]]) -> int:

@@ -261,10 +261,7 @@ class PipelineIterator(grain.DatasetIterator):
 
     def skip_counts(self) -> dict[str, int]:
         """Examples skipped so far by this process, per reason, as of the last yielded batch."""
-        state = self._parent.get_state()
-        while "skipped" not in state:  # under the (thread-prefetch, batch) wrappers
-            state = state["parent"]
-        return dict(state["skipped"])
+        return skip_counts_of(self._parent.get_state())
 
     def metrics(self) -> dict[str, int]:
         """``{"data/batches", "data/examples", "data/skipped", "data/skipped/<reason>"...}``
@@ -280,6 +277,13 @@ class PipelineIterator(grain.DatasetIterator):
 
     def __str__(self) -> str:
         return "PipelineIterator"
+
+
+def skip_counts_of(state: dict[str, Any]) -> dict[str, int]:
+    """The per-reason skip counts in a pipeline's saved state (``get_state()["pipeline"]``)."""
+    while "skipped" not in state:  # under the (thread-prefetch, batch) wrappers
+        state = state["parent"]
+    return {str(reason): int(n) for reason, n in state["skipped"].items()}
 
 
 def _ensure_absl_flags_parsed() -> None:
