@@ -117,12 +117,17 @@ class _Setup(NamedTuple):
         return compiled, step_flops(compiled)
 
 
-def _setup(config: ExperimentConfig, devices: Sequence[jax.Device]) -> _Setup:
+def _setup(
+    config: ExperimentConfig, devices: Sequence[jax.Device], *, prepare_data: bool = True
+) -> _Setup:
     """Mesh, task with its data, optimizer (with the task's parameter groups), and the state's
-    abstract shapes and shardings (``jax.eval_shape`` of the init: nothing is computed)."""
+    abstract shapes and shardings (``jax.eval_shape`` of the init: nothing is computed).
+    ``prepare_data=False`` leaves the data alone (compiling a step without a dataset on disk,
+    as ``benchmarks/fsdp_memory.py`` does)."""
     mesh = make_mesh(dict(config.mesh), devices)
     task = get_task(config, mesh)
-    task.prepare_data()
+    if prepare_data:
+        task.prepare_data()
     tx, schedule = make_optimizer(config.optim, config.train.steps, task.param_groups())
     ema = config.optim.ema_decay > 0
 

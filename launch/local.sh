@@ -21,6 +21,8 @@
 #   LOG_DIR         where processes 1 .. N-1 write their output, process_<k>.log (default:
 #                   $TMPDIR/jaxalign-local-<port>); process 0 writes to this terminal; each
 #                   process's pid is in process_<k>.pid (to signal one, e.g. to try preemption)
+#   XLA_FLAGS       passed on to every process; on CPU with --devices-per-process, the device
+#                   count flag is added after it
 #
 # Exit status: 0 when every process exits 0; otherwise the first failing process's status
 # (143: preempted, resume by running the same command). When one process fails, the others are
@@ -63,7 +65,7 @@ process_env() {
   echo "JAXALIGN_NUM_PROCESSES=$processes"
   echo "JAXALIGN_PROCESS_ID=$1"
   if [[ -n $devices && $platforms == cpu ]]; then
-    echo "XLA_FLAGS=--xla_force_host_platform_device_count=$devices"
+    echo "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$devices"
   elif [[ -n $devices ]]; then
     local first=$(($1 * devices)) ids=""
     for ((d = first; d < first + devices; d++)); do ids+="${ids:+,}$d"; done

@@ -1,4 +1,4 @@
-"""Test setup: every test sees 8 simulated CPU devices.
+"""Test setup: every test sees 8 simulated CPU devices, compiled fast (``tests/xla_flags.py``).
 
 The flag must be in the environment before jax is first imported, so this file sets it at import
 time (pytest imports conftest.py before any test module) and refuses to go on if jax came first.
@@ -12,10 +12,10 @@ if "jax" in sys.modules:
         "jax was imported before tests/conftest.py could set "
         "--xla_force_host_platform_device_count=8; import jax only inside tests"
     )
+from tests.xla_flags import with_devices  # imports nothing, so jax is still not imported
+
 os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
-).strip()
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), with_devices(8)]).strip()
 
 import jax
 import pytest

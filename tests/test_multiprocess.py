@@ -1,10 +1,13 @@
-"""Several processes through ``launch/local.sh``: two processes of 4 CPU devices (jax.distributed
-from the ``JAXALIGN_*`` variables) against one process of 8 devices; a SIGTERM to one process
-stopping both at one step with one checkpoint; the restart; and an elastic resume of their
-checkpoint by one process."""
+"""Several processes through ``launch/local.sh`` (jax.distributed from the ``JAXALIGN_*``
+variables): the tiny CLIP run as 1 process x 8 devices, 2 x 4 and 4 x 2 gives the same losses;
+a SIGTERM to one of two processes stops both at one step with one checkpoint, and the restart
+finishes; and the elastic matrix: checkpoint 4 of each layout, restored by each other one,
+holds the saved state bit for bit, trains on the examples the uninterrupted run trained on, and
+continues with its losses."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -19,21 +22,24 @@ import pytest
 
 from jaxalign import config as config_lib
 from jaxalign import train
+from jaxalign.data import elastic
 from jaxalign.train_lib.checkpoint import Checkpointer
-from tests.trainer_child import losses, saved_subtree
+from tests import restore_probe
+from tests.trainer_child import cache_env, losses, saved_subtree, wrap_clip_stream
+from tests.xla_flags import with_devices
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 CONFIG = os.path.join(ROOT, "configs", "clip.py")
-STEPS = 8
+LOCAL = os.path.join(ROOT, "launch", "local.sh")
+STEPS, K = 8, 4  # every run's length, and the checkpoint the matrix restores
 OVERRIDES = {
     "train.steps": STEPS,
     "train.log_every": 1,
-    "train.checkpoint_every": 4,
+    "train.checkpoint_every": K,
     "train.keep_checkpoints": 4,
     "train.eval_every": STEPS,
 }
-
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
+LAYOUTS = {"1x8": (1, 8), "2x4": (2, 4), "4x2": (4, 2)}  # processes x devices per process
 
 
 def _free_port() -> int:
@@ -50,6 +56,17 @@ def _args(data_dir, workdir):
             *[f"--config.{k}={v}" for k, v in values.items()]]  # fmt: skip
 
 
+def _launch(layout, data_dir, workdir, logs, python=None) -> tuple[list[str], dict]:
+    """``launch/local.sh P --devices-per-process D -- <the tiny run>`` and its environment."""
+    processes, devices = LAYOUTS[layout]
+    env = {**os.environ, **cache_env(), "PYTHON": python or sys.executable,
+           "JAXALIGN_PORT": str(_free_port()), "LOG_DIR": str(logs),
+           "XLA_FLAGS": with_devices()}  # fmt: skip
+    command = ["bash", LOCAL, str(processes), "--devices-per-process", str(devices), "--",
+               *_args(data_dir, workdir)]  # fmt: skip
+    return command, env
+
+
 def _checkpoints(workdir) -> list[int]:
     return sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
 
@@ -61,76 +78,134 @@ def _logged(workdir) -> int:
     return max([json.loads(line)["step"] for line in path.read_text().splitlines()] or [0])
 
 
-def test_two_processes_equal_one(builtin_data_dir, tmp_path, capsys):
-    """Two processes of 4 devices (``launch/local.sh 2 --devices-per-process 4``), stopped by
-    a SIGTERM to process 1 and restarted, train the run of one process of 8 devices: the same
-    losses (1e-5) and eval figures, one set of files written by process 0 alone, checkpoints
-    holding both processes' data positions; their checkpoint 4, restored by one process of 8
-    devices, holds the saved state bit for bit and continues with the same losses."""
-    two = tmp_path / "two"
-    env = {**os.environ, "PYTHON": sys.executable, "JAXALIGN_PORT": str(_free_port()),
-           "LOG_DIR": str(tmp_path / "logs")}  # fmt: skip
-    command = ["bash", os.path.join(ROOT, "launch", "local.sh"), "2", "--devices-per-process",
-               "4", "--", *_args(builtin_data_dir, two)]  # fmt: skip
-    # A SIGTERM to process 1 alone, once step 2 is logged: both stop at one step and save it.
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env)  # fmt: skip
+def _config(data_dir):
+    return config_lib.load(f"{CONFIG}:tiny", _args(data_dir, "x")[2:])
+
+
+@pytest.fixture(scope="module")
+def runs(builtin_data_dir, tmp_path_factory, shared_compilation_cache):
+    """The matrix's three uninterrupted runs, each to step 8 with checkpoints 4 and 8 kept:
+    ``1x8`` in this process (the global batch of every step recorded), ``2x4`` stopped by a
+    SIGTERM to its process 1 once step 2 is logged and restarted by the same command, ``4x2``
+    straight through. Returns their work directories, the recorded batches, and what the
+    stopped pair did (for the preemption test)."""
+    base = tmp_path_factory.mktemp("layouts")
+    batches: dict[int, list[str]] = {}
+
+    def on_batch(count, next_batch):
+        batch = next_batch()
+        batches.setdefault(count, restore_probe.fingerprints(batch))
+        return batch
+
+    with pytest.MonkeyPatch.context() as patch:
+        wrap_clip_stream(patch, on_batch)
+        summary = train.train_and_evaluate(_config(builtin_data_dir), base / "1x8")
+
+    command, env = _launch("2x4", builtin_data_dir, base / "2x4", base / "logs_2x4")
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)  # fmt: skip
     deadline = time.monotonic() + 240
-    while _logged(two) < 2 and launcher.poll() is None:
+    while _logged(base / "2x4") < 2 and launcher.poll() is None:
         assert time.monotonic() < deadline, "the two processes never reached step 2"
         time.sleep(0.05)
-    os.kill(int((tmp_path / "logs" / "process_1.pid").read_text()), signal.SIGTERM)
-    _, err = launcher.communicate(timeout=240)
-    second = (tmp_path / "logs" / "process_1.log").read_text()
-    assert launcher.returncode == 143, err[-3000:] + second[-3000:]
-    stopped = _logged(two)
-    assert 2 <= stopped < STEPS and _checkpoints(two)[-1] == stopped, (stopped, _checkpoints(two))
-    # The same command resumes the pair and finishes.
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    second = (tmp_path / "logs" / "process_1.log").read_text()
-    assert result.returncode == 0, result.stderr[-3000:] + second[-3000:]
-    assert f"resumed from checkpoint {stopped}" in result.stdout
-    assert "jax.distributed from env" in result.stderr  # process 0 says how it joined
+    os.kill(int((base / "logs_2x4" / "process_1.pid").read_text()), signal.SIGTERM)
+    _, stopped_err = launcher.communicate(timeout=240)
+    stop = {"returncode": launcher.returncode, "stderr": stopped_err,
+            "step": _logged(base / "2x4"), "checkpoints": _checkpoints(base / "2x4")}  # fmt: skip
+    restart = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    process_1 = (base / "logs_2x4" / "process_1.log").read_text()
+
+    command, env = _launch("4x2", builtin_data_dir, base / "4x2", base / "logs_4x2")
+    four = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert four.returncode == 0, four.stderr[-3000:]
+    return {"base": base, "summary": summary, "batches": batches, "stop": stop,
+            "restart": restart, "process_1_log": process_1}  # fmt: skip
+
+
+def test_a_sigterm_to_one_of_two_processes_stops_both_at_one_step(runs):
+    """Both processes stop at one step and save it (143); the same command resumes the pair
+    and finishes; process 0 alone writes and prints."""
+    stop, restart = runs["stop"], runs["restart"]
+    assert stop["returncode"] == 143, stop["stderr"][-3000:] + runs["process_1_log"][-3000:]
+    assert 2 <= stop["step"] < STEPS and stop["checkpoints"][-1] == stop["step"], stop
+    assert restart.returncode == 0, restart.stderr[-3000:] + runs["process_1_log"][-3000:]
+    assert f"resumed from checkpoint {stop['step']}" in restart.stdout
+    assert "jax.distributed from env" in restart.stderr  # process 0 says how it joined
     # Process 1 prints nothing of its own: only gloo's C++ lines, whose writes may interleave.
-    ours = [line for line in second.splitlines()
+    ours = [line for line in runs["process_1_log"].splitlines()
             if line.strip() and "Gloo" not in line and "peer ranks" not in line]  # fmt: skip
     assert not ours, ours[:20]
 
-    config = config_lib.load(f"{CONFIG}:tiny", _args(builtin_data_dir, "x")[2:])
-    one = train.train_and_evaluate(config, tmp_path / "one")
-    steps = range(1, STEPS + 1)
-    np.testing.assert_allclose([losses(two)[s] for s in steps],
-                               [losses(tmp_path / "one")[s] for s in steps], rtol=1e-5)  # fmt: skip
-    summary = json.loads((two / "summary.json").read_text())
-    for key, value in one.items():
-        if key.startswith("eval/"):
-            assert summary[key] == pytest.approx(value, abs=1e-6), key
-    env_json = json.loads((two / "env.json").read_text())
-    assert env_json["process_count"] == 2 and env_json["device_count"] == 8
-    data = json.loads((two / "checkpoints" / str(STEPS) / "data" / "metadata").read_text())
-    assert sorted(data) == ["process_0", "process_1"]
 
-    # Elastic: checkpoint 4 of the two processes, restored by one process of 8 devices.
-    checkpointer = Checkpointer(str(two / "checkpoints"), keep=1, read_only=True)
-    try:
-        abstract = train._setup(config, jax.devices()).abstract_state
-        restored, positions, _, _ = checkpointer.restore(abstract, step=4)
-    finally:
-        checkpointer.close()
-    assert sorted(positions) == ["process_0", "process_1"]
+@pytest.mark.parametrize("layout", ["2x4", "4x2"])
+def test_every_layout_trains_the_same_run(runs, layout):
+    """The same losses as one process of 8 devices (1e-5) and eval figures (1e-6); the files
+    of process 0 only; checkpoints holding every process's data position."""
+    workdir, one = runs["base"] / layout, runs["base"] / "1x8"
+    steps = range(1, STEPS + 1)
+    np.testing.assert_allclose([losses(workdir)[s] for s in steps],
+                               [losses(one)[s] for s in steps], rtol=1e-5)  # fmt: skip
+    summary = json.loads((workdir / "summary.json").read_text())
+    evals = {k: v for k, v in runs["summary"].items() if k.startswith("eval/")}
+    assert evals
+    for key, value in evals.items():
+        assert summary[key] == pytest.approx(value, abs=1e-6), key
+    processes = LAYOUTS[layout][0]
+    env_json = json.loads((workdir / "env.json").read_text())
+    assert env_json["process_count"] == processes and env_json["device_count"] == 8
+    data = json.loads((workdir / "checkpoints" / str(STEPS) / "data" / "metadata").read_text())
+    assert sorted(data) == [f"process_{k}" for k in range(processes)]
+
+
+PAIRS = [(a, b) for a, b in itertools.permutations(LAYOUTS, 2)]
+
+
+@pytest.mark.parametrize("source, target", PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
+def test_elastic_resume(runs, builtin_data_dir, tmp_path, source, target, monkeypatch, capsys):
+    """Checkpoint 4 of ``source`` (its later checkpoints left out) resumed under ``target``:
+    every shard of the parameters and optimizer state each process holds after the restore
+    equals the saved array's slice bit for bit; the examples of steps 5 to 8, put back in stream
+    order (process k of P reads positions k, k + P, ...), are the uninterrupted run's, in its
+    order (so the processes' shares are disjoint and cover each batch); the losses of
+    steps 5 to 8 are the uninterrupted run's (1e-5)."""
+    base, probe = runs["base"], tmp_path / "probe"
+    probe.mkdir()
+    later = [str(s) for s in _checkpoints(base / source) if s > K]
+    workdir = tmp_path / "resumed"
+    shutil.copytree(base / source, workdir, ignore=shutil.ignore_patterns(*later))
+    if target == "1x8":
+        monkeypatch.setattr(Checkpointer, "restore", restore_probe.recording_restore(probe))
+        monkeypatch.setattr(elastic, "resume", restore_probe.recording_resume(probe))
+        train.train_and_evaluate(_config(builtin_data_dir), workdir)
+        out = capsys.readouterr().out
+    else:
+        python = restore_probe.probe_interpreter(probe)
+        command, env = _launch(target, builtin_data_dir, workdir, tmp_path / "logs", python)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        out = result.stdout
+    assert f"resumed from checkpoint {K}" in out
+    saved_by = {"1x8": "1 process", "2x4": "2 processes", "4x2": "4 processes"}[source]
+    assert f"the stream saved by {saved_by} continues on this run's {LAYOUTS[target][0]}" in out
+    assert "shards restart at stream position 64" in out  # 4 steps of 16 examples
+
+    processes = LAYOUTS[target][0]
     for part in ("params", "opt_state"):
-        saved = jax.tree.leaves(saved_subtree(two, part, step=4))
-        ours = jax.tree.leaves(jax.device_get(getattr(restored, part)))
-        assert len(ours) == len(saved) > 0
-        for a, b in zip(ours, saved, strict=True):
-            np.testing.assert_array_equal(a, b)
-    later = [str(s) for s in _checkpoints(two) if s > 4]
-    shutil.copytree(two, tmp_path / "elastic", ignore=shutil.ignore_patterns(*later))
-    capsys.readouterr()
-    train.train_and_evaluate(config, tmp_path / "elastic")
-    log = capsys.readouterr().out
-    assert "the checkpoint's 2 processes' streams continue" in log
-    assert "shards restart at stream position 64" in log  # 4 steps of 16
-    np.testing.assert_allclose([losses(tmp_path / "elastic")[s] for s in range(5, STEPS + 1)],
-                               [losses(tmp_path / "one")[s] for s in range(5, STEPS + 1)],
-                               rtol=1e-5)  # fmt: skip
+        saved = jax.tree.leaves(saved_subtree(base / source, part, step=K))
+        for k in range(processes):
+            shards = restore_probe.restored_shards(probe / f"state_process_{k}.npz", part)
+            assert sorted(shards) == list(range(len(saved))), (part, k)
+            for leaf, pieces in shards.items():
+                for index, data in pieces:
+                    np.testing.assert_array_equal(data, saved[leaf][index])
+
+    shares = [restore_probe.read_batches(probe / f"batches_process_{k}.jsonl")
+              for k in range(processes)]  # fmt: skip
+    for n in range(1, STEPS - K + 1):
+        rows = [share[n] for share in shares]  # process k read positions k, k + P, ...
+        stream = [share[j] for j in range(len(rows[0])) for share in rows]
+        assert stream == runs["batches"][K + n], n
+
+    steps = range(K + 1, STEPS + 1)
+    np.testing.assert_allclose([losses(workdir)[s] for s in steps],
+                               [losses(base / "1x8")[s] for s in steps], rtol=1e-5)  # fmt: skip

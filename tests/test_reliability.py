@@ -26,10 +26,10 @@ from jaxalign.tasks import get_task
 from jaxalign.train_lib.metric_writers import read_metrics
 from jaxalign.train_lib.workdir import open_workdir
 from tests.trainer_child import (
-    cache_env,
     compilation_cache_dir,
     losses,
     plant_nan,
+    run_python,
     wrap_clip_stream,
 )
 
@@ -274,18 +274,6 @@ def test_a_second_run_on_a_live_runs_directory_is_refused(data_dir, tmp_path, ca
 # 8. Ctrl-C while compiling, a full disk: one line each, nothing torn.
 
 
-def _child(code, args, cache):
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **cache}
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        check=False,
-    )
-
-
 def test_ctrl_c_while_compiling_stops_cleanly(data_dir, tmp_path):
     code = textwrap.dedent(
         """
@@ -301,7 +289,7 @@ def test_ctrl_c_while_compiling_stops_cleanly(data_dir, tmp_path):
     )
     # 8 steps (none is run): the programs compiled here are the full-disk test's, next.
     args = _args(tmp_path / "run", data_dir, **{"train.steps": 8})
-    result = _child(code, ["train", *args], cache_env())
+    result = run_python(code, ["train", *args])
     assert result.returncode == 143, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert "stopped by SIGINT at step 0" in result.stderr
@@ -323,7 +311,7 @@ def test_failed_saves_are_reported_at_once_and_stop_the_run(data_dir, tmp_path):
         "JAX_COMPILATION_CACHE_DIR": compilation_cache_dir(),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1000000",
     }
-    result = _child(code, _args(tmp_path / "run", data_dir, **overrides), read_only)
+    result = run_python(code, _args(tmp_path / "run", data_dir, **overrides), env=read_only)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     failed = [line for line in result.stdout.splitlines() if "could not be saved" in line]

@@ -16,6 +16,7 @@ import tempfile
 import textwrap
 
 from jaxalign.train_lib.metric_writers import read_metrics
+from tests.xla_flags import with_devices
 
 _CACHE_DIR: list[str] = []
 
@@ -71,11 +72,15 @@ def run_trainer(
     signal_name="SIGKILL",
     after_checkpoint=0,
     timeout=300,
+    devices=None,
+    fast_compile=True,
 ):
     """``jaxalign train --config=spec --workdir=workdir *overrides`` in a subprocess on one CPU
-    device, sharing the session's compilation cache; with ``signal_at`` the child sends itself
-    ``signal_name`` as soon as that step's metrics are written (once the asynchronous
-    checkpoint ``after_checkpoint`` is complete on disk, if given)."""
+    device (or ``devices`` simulated ones), sharing the session's compilation cache, compiled
+    as the tests compile (``fast_compile=False``: at XLA's default level; ``tests/xla_flags.py``);
+    with ``signal_at`` the child sends itself ``signal_name`` as soon as that step's metrics are
+    written (once the asynchronous checkpoint ``after_checkpoint`` is complete on disk, if
+    given)."""
     code = "import sys\nfrom jaxalign import cli\n"
     if signal_at is not None:
         done = os.path.join(workdir, "checkpoints", str(after_checkpoint))
@@ -97,9 +102,19 @@ def run_trainer(
             """
         )
     code += "sys.exit(cli.main(['train', *sys.argv[1:]]))\n"
-    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **cache_env()}
+    args = [f"--config={spec}", f"--workdir={workdir}", *overrides]
+    return run_python(code, args, devices=devices, fast_compile=fast_compile, timeout=timeout)
+
+
+def run_python(code, args, *, devices=None, fast_compile=True, env=None, timeout=300):
+    """``python -c code *args`` on one CPU device (or ``devices`` simulated ones), compiled as
+    the tests compile (``fast_compile=False``: at XLA's default level; ``tests/xla_flags.py``),
+    with the session's compilation cache unless ``env`` says otherwise; never raises on a
+    failure (the ``CompletedProcess``, output captured)."""
+    flags = with_devices(devices, fast_compile=fast_compile)
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", **cache_env(), **(env or {})}
     return subprocess.run(
-        [sys.executable, "-c", code, f"--config={spec}", f"--workdir={workdir}", *overrides],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=timeout,

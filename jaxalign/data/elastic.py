@@ -127,7 +127,8 @@ def resume(stream: Any, saved: Mapping[str, Any], process_index: int) -> tuple[A
     if all(r is None for r in restarts.values()):
         return iterator, ""
     where = ", ".join(f"{name} {r}".strip() for name, r in restarts.items())
+    saved_by = f"{len(states)} process" + ("es" if len(states) > 1 else "")
     return iterator, (
-        f"data: the checkpoint's {len(states)} processes' streams continue on this run's; the "
-        f"shards restart at stream position {where} (docs/scaling.md)"
+        f"data: the stream saved by {saved_by} continues on this run's {_process_count(stream)}; "
+        f"the shards restart at stream position {where} (docs/scaling.md)"
     )

@@ -16,6 +16,7 @@ import pytest
 from jaxalign.evals import embed as embed_lib
 from jaxalign.evals import embed_dataset
 from jaxalign.parallel import batch_sharding, make_mesh
+from tests.xla_flags import with_devices
 
 W = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
 
@@ -187,7 +188,7 @@ def test_two_processes_with_unequal_shards(tmp_path):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": with_devices(4),
         "PYTHONPATH": str(ROOT),
     }
     logs = [tmp_path / f"process{p}.log" for p in range(2)]
