@@ -6,7 +6,8 @@ devices, each mesh preset (``jaxalign.config.MESH_PRESETS``) builds the trainer'
 (``train._setup(...).compile_step()``: the state's shardings from the model's logical axis rules,
 ``.lower().compile()`` on abstract arrays, so nothing is allocated) and reads
 ``compiled.memory_analysis().argument_size_in_bytes``: the bytes of one device's arguments. The
-batch's share (its shard on one device) is subtracted; what is left is the train state:
+batch's share (its shard on one device: split over data and fsdp, whole over tensor) is
+subtracted; what is left is the train state:
 parameters, AdamW's two moments, the step counter and the guard's counters. The same figure is
 also computed from the state's shardings (the shard shape of every leaf) as a check.
 
@@ -49,6 +50,7 @@ import numpy as np  # noqa: E402
 
 from jaxalign import config as config_lib  # noqa: E402
 from jaxalign import train  # noqa: E402
+from jaxalign.parallel import batch_sharding  # noqa: E402
 
 MIB = 2**20
 
@@ -69,10 +71,10 @@ def measure(mesh_preset: str) -> dict:
     setup = train._setup(config, jax.devices()[: ARGS.devices], prepare_data=False)
     compiled, _ = setup.compile_step()
     stats = compiled.memory_analysis()
-    batch_spec = setup.task.batch_spec()
+    sharding = batch_sharding(setup.mesh)  # over data and fsdp, replicated over tensor
     per_device_batch = sum(
-        int(np.prod(s.shape)) // ARGS.devices * np.dtype(s.dtype).itemsize
-        for s in jax.tree.leaves(batch_spec)
+        int(np.prod(sharding.shard_shape(s.shape))) * np.dtype(s.dtype).itemsize
+        for s in jax.tree.leaves(setup.task.batch_spec())
     )
     return {
         "mesh": mesh_preset,

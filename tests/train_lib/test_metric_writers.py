@@ -82,3 +82,24 @@ def test_step_flops_of_a_matmul_and_utilisation():
     assert report["examples_per_s"] == pytest.approx(8 * report["steps_per_s"])
     assert report["mfu"] == pytest.approx(report["flops_per_s_per_device"] / 1e12)
     assert throughput.Throughput(8, None, None).report() == {}
+
+
+def test_tensorboard_comes_without_torch_and_torch_still_imports(tmp_path):
+    """In a fresh interpreter (torch may already be imported here): a writer's TensorBoard
+    events are written without importing PyTorch, and ``import torch`` works afterwards."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = (
+        "import sys\n"
+        "from jaxalign.train_lib.metric_writers import MetricWriter\n"
+        f"w = MetricWriter({str(tmp_path)!r}, total_steps=1, start_step=0, progress=False)\n"
+        "w.write(1, {'loss': 0.5}); w.close()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "import torch; print(torch.ones(2).sum().item())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "2.0"
+    assert list((tmp_path / "tensorboard").iterdir())  # the event file
