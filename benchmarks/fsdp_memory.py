@@ -7,9 +7,9 @@ devices, each mesh preset (``jaxalign.config.MESH_PRESETS``) builds the trainer'
 ``.lower().compile()`` on abstract arrays, so nothing is allocated) and reads
 ``compiled.memory_analysis().argument_size_in_bytes``: the bytes of one device's arguments. The
 batch's share (its shard on one device: split over data and fsdp, whole over tensor) is
-subtracted; what is left is the train state:
-parameters, AdamW's two moments, the step counter and the guard's counters. The same figure is
-also computed from the state's shardings (the shard shape of every leaf) as a check.
+subtracted; what is left is the train state: parameters, AdamW's two moments, the step counter
+and the guard's counters. The same figure is also computed from the state's shardings (the
+shard shape of every leaf) as a check.
 
 The global batch is set to ``--batch-per-device`` x devices: the state does not depend on it,
 and a small batch keeps the compile short on CPU.

@@ -11,7 +11,8 @@ process of a multi-process run writes, into ``$RESTORE_PROBE_DIR``:
   number and a fingerprint of each of its example rows (this process's share of the global
   batch, in order).
 
-The test process puts ``recording_resume`` in place for runs in one process.
+The test process puts ``recording_restore`` and ``recording_resume`` in place for runs in one
+process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,10 +29,10 @@ import numpy as np
 
 
 def fingerprints(batch: dict[str, Any]) -> list[str]:
-    """One short hash per example row of ``batch["image"]`` (batch, H, W, C): the example's
-    identity for comparing streams (its caption and augmentation follow from it)."""
-    images = np.asarray(batch["image"])
-    return [hashlib.sha1(row.tobytes()).hexdigest()[:16] for row in images]
+    """One short hash per example of a CLIP batch: its image row (H, W, C), caption ids and
+    mask (L,) together, the example's identity for comparing streams."""
+    rows = zip(*(np.asarray(batch[key]) for key in ("image", "ids", "mask")), strict=True)
+    return [hashlib.sha1(b"".join(a.tobytes() for a in row)).hexdigest()[:16] for row in rows]
 
 
 class RecordingIterator:
@@ -115,10 +117,11 @@ def probe_interpreter(directory) -> str:
     """Writes ``directory/python``: an interpreter for ``launch/local.sh``'s ``PYTHON`` that
     runs the trainer under this probe, recording into ``directory``; returns its path."""
     path = os.path.join(directory, "python")
-    with open(path, "w") as f:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(path, "w") as f:  # from the repository root, as ``python -m tests.restore_probe``
         f.write(
-            f'#!/bin/sh\nRESTORE_PROBE_DIR="{directory}" exec "{sys.executable}" '
-            f'"{os.path.abspath(__file__)}" "$@"\n'
+            f"#!/bin/sh\ncd {shlex.quote(root)} && RESTORE_PROBE_DIR={shlex.quote(str(directory))} "
+            f'exec {shlex.quote(sys.executable)} -m tests.restore_probe "$@"\n'
         )
     os.chmod(path, 0o755)
     return path

@@ -24,6 +24,7 @@ from jaxalign import config as config_lib
 from jaxalign import train
 from jaxalign.data import elastic
 from jaxalign.train_lib.checkpoint import Checkpointer
+from jaxalign.train_lib.metric_writers import read_metrics
 from tests import restore_probe
 from tests.trainer_child import cache_env, losses, saved_subtree, wrap_clip_stream
 from tests.xla_flags import with_devices
@@ -84,7 +85,8 @@ def _config(data_dir):
 
 @pytest.fixture(scope="module")
 def runs(builtin_data_dir, tmp_path_factory, shared_compilation_cache):
-    """The matrix's three uninterrupted runs, each to step 8 with checkpoints 4 and 8 kept:
+    """The matrix's three uninterrupted runs, each to step 8 with checkpoints 4 and 8 kept (and
+    the 2x4 pair's preemption checkpoint):
     ``1x8`` in this process (the global batch of every step recorded), ``2x4`` stopped by a
     SIGTERM to its process 1 once step 2 is logged and restarted by the same command, ``4x2``
     straight through. Returns their work directories, the recorded batches, and what the
@@ -139,10 +141,13 @@ def test_a_sigterm_to_one_of_two_processes_stops_both_at_one_step(runs):
 
 @pytest.mark.parametrize("layout", ["2x4", "4x2"])
 def test_every_layout_trains_the_same_run(runs, layout):
-    """The same losses as one process of 8 devices (1e-5) and eval figures (1e-6); the files
-    of process 0 only; checkpoints holding every process's data position."""
+    """The same losses as one process of 8 devices (1e-5) and eval figures (1e-6); one row per
+    step in metrics.jsonl (process 0 alone writes it); checkpoints holding every process's data
+    position."""
     workdir, one = runs["base"] / layout, runs["base"] / "1x8"
     steps = range(1, STEPS + 1)
+    rows = [row["step"] for row in read_metrics(workdir) if "loss" in row]
+    assert rows == list(steps), rows
     np.testing.assert_allclose([losses(workdir)[s] for s in steps],
                                [losses(one)[s] for s in steps], rtol=1e-5)  # fmt: skip
     summary = json.loads((workdir / "summary.json").read_text())
@@ -172,7 +177,11 @@ def test_elastic_resume(runs, builtin_data_dir, tmp_path, source, target, monkey
     probe.mkdir()
     later = [str(s) for s in _checkpoints(base / source) if s > K]
     workdir = tmp_path / "resumed"
-    shutil.copytree(base / source, workdir, ignore=shutil.ignore_patterns(*later))
+
+    def later_checkpoints(directory, _):
+        return later if os.path.basename(directory) == "checkpoints" else []
+
+    shutil.copytree(base / source, workdir, ignore=later_checkpoints)
     if target == "1x8":
         monkeypatch.setattr(Checkpointer, "restore", restore_probe.recording_restore(probe))
         monkeypatch.setattr(elastic, "resume", restore_probe.recording_resume(probe))
@@ -185,13 +194,15 @@ def test_elastic_resume(runs, builtin_data_dir, tmp_path, source, target, monkey
         assert result.returncode == 0, result.stderr[-3000:]
         out = result.stdout
     assert f"resumed from checkpoint {K}" in out
-    saved_by = {"1x8": "1 process", "2x4": "2 processes", "4x2": "4 processes"}[source]
-    assert f"the stream saved by {saved_by} continues on this run's {LAYOUTS[target][0]}" in out
+    named = {"1x8": "1 process", "2x4": "2 processes", "4x2": "4 processes"}
+    note = f"the stream saved by {named[source]} continues on this run's {named[target]}"
+    assert note in out
     assert "shards restart at stream position 64" in out  # 4 steps of 16 examples
 
     processes = LAYOUTS[target][0]
     for part in ("params", "opt_state"):
         saved = jax.tree.leaves(saved_subtree(base / source, part, step=K))
+        assert saved, part
         for k in range(processes):
             shards = restore_probe.restored_shards(probe / f"state_process_{k}.npz", part)
             assert sorted(shards) == list(range(len(saved))), (part, k)

@@ -4,8 +4,9 @@ Tests check what programs compute, never how fast they run, and compiling the ti
 programs is most of the suite's time on CPU. ``--xla_backend_optimization_level=1`` asks LLVM
 for less optimisation of the CPU backend's generated code than the default: it cuts each compile
 by about a third (``tests/tasks/test_clip_adapt.py``: 128 s -> 88 s of CPU time on this
-machine) and leaves every HLO pass as it is, sharding propagation, SPMD partitioning and
-collectives included. Level 0 compiles faster still (71 s) but changes float results by a few
+machine). The HLO program JAX hands to XLA (shardings, collectives) is the same; what changes
+is how the CPU backend's code is generated from it (vectorisation, FMA contraction), so float
+rounding. Level 0 compiles faster still (71 s) but changes float results by a few
 1e-6 (the remat and batch-norm tests' tolerances caught it), so the tests stay at level 1.
 One figure is stated at XLA's default level and checked there, in child processes: DANN's 20
 steps on 1 device against 8 (issue 14; its adversarial game amplifies rounding, to 7.6e-5 by

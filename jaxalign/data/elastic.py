@@ -127,8 +127,12 @@ def resume(stream: Any, saved: Mapping[str, Any], process_index: int) -> tuple[A
     if all(r is None for r in restarts.values()):
         return iterator, ""
     where = ", ".join(f"{name} {r}".strip() for name, r in restarts.items())
-    saved_by = f"{len(states)} process" + ("es" if len(states) > 1 else "")
+
+    def processes(count: int) -> str:
+        return f"{count} process" + ("es" if count > 1 else "")
+
     return iterator, (
-        f"data: the stream saved by {saved_by} continues on this run's {_process_count(stream)}; "
-        f"the shards restart at stream position {where} (docs/scaling.md)"
+        f"data: the stream saved by {processes(len(states))} continues on this run's "
+        f"{processes(_process_count(stream))}; the shards restart at stream position {where} "
+        "(docs/scaling.md)"
     )

@@ -32,7 +32,8 @@ def _summary_writer_class() -> type:
     When torch is installed, tensorboardX imports it only to name ``torch.Tensor`` in type
     hints, which adds more than a second to every run's start (1.2 s on the CI machine); this
     writer passes Python numbers and NumPy arrays. ``import torch`` fails while tensorboardX
-    loads and works as usual afterwards; a torch imported before is left alone.
+    loads (in every thread, for that moment) and works as usual afterwards; a torch imported
+    before is left alone.
     """
     if "torch" in sys.modules:
         from tensorboardX import SummaryWriter

@@ -68,7 +68,7 @@ def _one_and_eight_at_default_level(data_dir, one, eight, method, **extra):
     overrides = json.dumps(_overrides(data_dir, method, **extra))
     mesh = json.dumps([f"{k}={v}" for k, v in EIGHT.items()])
     args = [f"{CONFIG}:tiny", str(one), str(eight), overrides, mesh]
-    result = run_python(_PAIR, args, devices=8, fast_compile=False)
+    result = run_python(_PAIR, args, devices=8, fast_compile=False, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((eight / "summary.json").read_text())
 

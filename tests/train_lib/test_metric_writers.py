@@ -87,10 +87,12 @@ def test_step_flops_of_a_matmul_and_utilisation():
 def test_tensorboard_comes_without_torch_and_torch_still_imports(tmp_path):
     """In a fresh interpreter (torch may already be imported here): a writer's TensorBoard
     events are written without importing PyTorch, and ``import torch`` works afterwards."""
+    import importlib.util
     import subprocess
     import sys
 
-    pytest.importorskip("torch")
+    if importlib.util.find_spec("torch") is None:  # not imported here: it is heavy
+        pytest.skip("torch is not installed")
     code = (
         "import sys\n"
         "from jaxalign.train_lib.metric_writers import MetricWriter\n"
@@ -99,7 +101,9 @@ def test_tensorboard_comes_without_torch_and_torch_still_imports(tmp_path):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "import torch; print(torch.ones(2).sum().item())\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "2.0"
     assert list((tmp_path / "tensorboard").iterdir())  # the event file
