@@ -15,6 +15,11 @@ kernel drops it when its process dies in any way (SIGKILL included), so a dead r
 never stale. The file records the holder's host, pid and start time for the message a second run
 gets. ``flock`` works on local disks and most network file systems; with several processes of
 one run, only process 0 takes it.
+
+The path may be a URI of an object store (``gs://bucket/runs/clip``, any ``etils.epath``
+scheme): it is reached through ``etils.epath`` only, never ``os.path``. An object store has no
+lock and no permission bits to check: a second run on the same URI is not refused, and a bucket
+that cannot be written fails at the first write.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import os
 import socket
 from typing import IO
 
+from etils import epath
+
 from jaxalign import __version__
 from jaxalign.errors import WorkdirError
 
@@ -33,30 +40,39 @@ MARKER = "jaxalign-run.json"
 LOCK = "jaxalign-run.lock"
 
 
-def _check_path(path: str) -> str:
-    """The absolute path of a usable work directory (created if absent), or WorkdirError."""
+def is_uri(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an object-store location (``gs://...``), not a local or mounted
+    path (which ``os`` functions may be used on)."""
+    return "://" in os.fspath(path)
+
+
+def _check_path(path: str) -> epath.Path:
+    """The usable work directory ``path`` (created if absent; local paths made absolute), or
+    WorkdirError."""
     if not path or not path.strip():
         raise WorkdirError(
             "--workdir is empty (an unset shell variable?); give the run's directory"
         )
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise WorkdirError(f"--workdir={path}: is a file, not a directory")
+    uri = is_uri(path)
+    target = epath.Path(path if uri else os.path.abspath(os.path.expanduser(path)))
+    if target.exists() and not target.is_dir():
+        raise WorkdirError(f"--workdir={target}: is a file, not a directory")
     try:
-        os.makedirs(path, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise WorkdirError(f"--workdir={path}: cannot create it ({error.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise WorkdirError(f"--workdir={path}: not writable; choose a directory you can write")
-    return path
+        reason = error.strerror or error
+        raise WorkdirError(f"--workdir={target}: cannot create it ({reason})") from None
+    if not uri and not os.access(target, os.W_OK | os.X_OK):
+        raise WorkdirError(f"--workdir={target}: not writable; choose a directory you can write")
+    return target
 
 
-def _mark(path: str) -> None:
+def _mark(path: epath.Path) -> None:
     """Claims an empty directory as a run, or checks that a non-empty one is one."""
-    marker = os.path.join(path, MARKER)
-    if os.path.isfile(marker):
+    marker = path / MARKER
+    if marker.is_file():
         return
-    present = sorted(os.listdir(path))
+    present = sorted(child.name for child in path.iterdir())
     if {"config.json", "checkpoints"} <= set(present):  # a run from before the marker existed
         present = []
     if present:
@@ -69,11 +85,12 @@ def _mark(path: str) -> None:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "jaxalign": __version__,
     }
-    tmp = f"{marker}.{os.getpid()}.tmp"  # two runs starting at once each write their own
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-        f.write("\n")
-    os.replace(tmp, marker)
+    if is_uri(path):  # an object is written whole or not at all
+        marker.write_text(json.dumps(record) + "\n")
+        return
+    tmp = path / f"{MARKER}.{os.getpid()}.tmp"  # two runs starting at once each write their own
+    tmp.write_text(json.dumps(record) + "\n")
+    tmp.replace(marker)
 
 
 class Workdir:
@@ -97,7 +114,7 @@ class Workdir:
 
 
 def _lock(path: str) -> IO[str]:
-    """Takes the directory's lock or raises WorkdirError naming the live holder."""
+    """Takes the (local) directory's lock or raises WorkdirError naming the live holder."""
     lock_path = os.path.join(path, LOCK)
     try:
         f = open(lock_path, "a+")  # noqa: SIM115 (held open for the run's life)
@@ -128,18 +145,21 @@ def open_workdir(path: str | os.PathLike, *, lead: bool = True) -> Workdir:
     """Checks, marks and locks the work directory ``path`` (see the module docstring).
 
     Args:
-      path: the run's directory; created when absent.
+      path: the run's directory, local or a URI (``gs://...``); created when absent.
       lead: this process marks and locks it (process 0 of a run); the others only check it.
 
     Raises:
       WorkdirError: the path is empty, a file, not writable, a directory of other files, or
         locked by a live run.
     """
-    path = _check_path(os.fspath(path))
+    target = _check_path(os.fspath(path))
     if not lead:
-        return Workdir(path, None)
-    lock_file = _lock(path) if os.path.isfile(os.path.join(path, MARKER)) else None
+        return Workdir(os.fspath(target), None)
+    if is_uri(target):  # no lock on an object store
+        _mark(target)
+        return Workdir(os.fspath(target), None)
+    lock_file = _lock(os.fspath(target)) if (target / MARKER).is_file() else None
     if lock_file is None:  # an empty directory: mark it, then lock it
-        _mark(path)
-        lock_file = _lock(path)
-    return Workdir(path, lock_file)
+        _mark(target)
+        lock_file = _lock(os.fspath(target))
+    return Workdir(os.fspath(target), lock_file)

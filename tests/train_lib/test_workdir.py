@@ -2,6 +2,7 @@
 run's, one line for a file or a read-only path, and one live run at a time (a dead one's lock is
 never stale)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -108,3 +109,23 @@ def test_a_run_from_before_the_marker_is_taken_as_a_run(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     with open_workdir(tmp_path):
         assert (tmp_path / MARKER).is_file()
+
+
+def test_a_bucket_uri_is_marked_through_epath_alone(tmp_path, monkeypatch):
+    """``gs://bucket/run`` (a local fake bucket): marked, reopened as a run, a directory of
+    other files refused; nothing reaches ``os`` (no ``gs:`` directory appears here)."""
+    from tests.fake_bucket import fake_bucket
+
+    monkeypatch.chdir(tmp_path)
+    bucket = tmp_path / "bucket_root"
+    with fake_bucket(bucket):
+        with open_workdir("gs://bucket/run") as run:
+            assert run.path == "gs://bucket/run"
+        assert json.loads((bucket / "bucket" / "run" / MARKER).read_text())["jaxalign"]
+        with open_workdir("gs://bucket/run"):  # a run: reopened (no lock on a bucket)
+            pass
+        (bucket / "bucket" / "other").mkdir(parents=True)
+        (bucket / "bucket" / "other" / "notes.txt").write_text("mine")
+        with pytest.raises(WorkdirError, match=r"gs://bucket/other: holds files .*notes\.txt"):
+            open_workdir("gs://bucket/other")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bucket_root"]
