@@ -49,7 +49,7 @@ from jaxalign.train_lib.metric_writers import MetricWriter, read_metrics, save_p
 from jaxalign.train_lib.preemption import PREEMPTED_EXIT_CODE, StopSignal
 from jaxalign.train_lib.throughput import Throughput, peak_flops, step_flops
 from jaxalign.train_lib.transfer import load_from_run
-from jaxalign.train_lib.workdir import open_workdir
+from jaxalign.train_lib.workdir import is_uri, open_workdir
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",
@@ -209,6 +209,9 @@ def train_and_evaluate(
       Preempted: SIGTERM or SIGINT arrived; a checkpoint of the last step was saved.
     """
     started = time.perf_counter()
+    if is_uri(workdir):  # the work directory module reads URIs; the trainer's writes not yet
+        raise WorkdirError(f"--workdir={workdir}: object-store URIs are not supported yet; use a "
+                           "local or mounted path (e.g. a bucket through gcsfuse)")  # fmt: skip
     devices = list(jax.devices() if devices is None else devices)
     if config.init_from.workdir:  # saved absolute: the run reads the same source from anywhere
         source = os.path.abspath(os.path.expanduser(config.init_from.workdir))
