@@ -22,7 +22,6 @@ a signal, on bad data, on divergence or on failing saves); evaluate and summaris
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 import time
@@ -42,7 +41,7 @@ from jaxalign.parallel.mesh import describe_mesh
 from jaxalign.parallel.sharding import abstract_init, activation_context, sharded_init
 from jaxalign.schema import ConfigError, ExperimentConfig
 from jaxalign.tasks import Task, get_task
-from jaxalign.train_lib import TrainState, make_optimizer, make_train_step
+from jaxalign.train_lib import TrainState, make_optimizer, make_train_step, run_files
 from jaxalign.train_lib.checkpoint import Checkpointer
 from jaxalign.train_lib.loop import Loop, Preempted, SavesFailedError, TrainingDivergedError
 from jaxalign.train_lib.metric_writers import MetricWriter, read_metrics, save_pngs
@@ -63,24 +62,14 @@ __all__ = [
 ]
 
 
-def _write_json(path: str, value: Any) -> None:
-    if jax.process_index() == 0:
-        with open(path + ".tmp", "w") as f:
-            json.dump(value, f, indent=2)
-            f.write("\n")
-        os.replace(path + ".tmp", path)
-
-
 def _record_changes(workdir: str, step: int, changes: list[tuple[str, Any, Any]]) -> None:
     """Appends the keys changed on resume to ``config_changes.jsonl``, with the step they
     take effect at."""
-    if not changes or jax.process_index() != 0:
-        return
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
-        for key, old, new in changes:
-            row = {"step": step, "key": key, "old": old, "new": new, "time": when}
-            f.write(json.dumps(row) + "\n")
+    rows = [
+        {"step": step, "key": k, "old": old, "new": new, "time": when} for k, old, new in changes
+    ]
+    run_files.append_json_lines(workdir, "config_changes.jsonl", rows)
 
 
 class _Setup(NamedTuple):
@@ -154,8 +143,8 @@ def _resume_check(
             f"config.train.steps={config.train.steps}: the run in {workdir} is already at step "
             f"{resume_step}; give at least that many steps"
         )
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = run_files.path_of(workdir, "config.json")
+    if not path.is_file():
         return []
     saved = config_lib.to_dict(config_lib.load_json(path))
     problems = config_lib.resume_problems(saved, config, started=resume_step is not None)
@@ -170,8 +159,9 @@ def _resume_check(
 def _write_env(workdir: str, mesh: Mesh) -> float | None:
     """Writes ``env.json``; returns the device's peak FLOP/s (None when unknown)."""
     peak = peak_flops(mesh.devices.flat[0].device_kind)
-    _write_json(
-        os.path.join(workdir, "env.json"),
+    run_files.write_json(
+        workdir,
+        "env.json",
         {
             **environment.describe(),
             "mesh": dict(mesh.shape),
@@ -350,7 +340,7 @@ def _summarise(loop, stream, eval_row, stopped, started, workdir) -> dict[str, A
         "wall_s": round(time.perf_counter() - started, 1),
     }
     try:
-        _write_json(os.path.join(workdir, "summary.json"), summary)
+        run_files.write_json(workdir, "summary.json", summary)
     except OSError as error:
         loop.writer.log(f"error: summary.json not written in {workdir}: {error}")
     return summary
@@ -440,7 +430,7 @@ def evaluate_workdir(
     out = {"step": step, **{f"eval/{k}": v for k, v in results.items()}}
     eval_images = getattr(setup.task, "eval_images", None)
     try:
-        _write_json(os.path.join(workdir, "eval.json"), out)
+        run_files.write_json(workdir, "eval.json", out)
         if eval_images is not None:
             pictures = eval_images(state.eval_variables())  # on every process: it may compute
             if jax.process_index() == 0:
