@@ -51,7 +51,7 @@ def _train(data_dir, workdir, method, devices, **extra):
 # One child process of 8 CPU devices compiled at XLA's default level trains a method on one
 # device, then on 2x4: the conditions issue 14 states its figure in (tests/xla_flags.py).
 # DANN's adversarial game amplifies rounding: compiled at the tests' level 1, or with the
-# one-device run in a process of one device, its losses part by up to 7.6e-5 by step 19.
+# one-device run in a process of one device, its losses part by up to 7.6e-5 by step 20.
 _PAIR = """
 import json, sys
 import jax
