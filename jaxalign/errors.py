@@ -62,10 +62,11 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
       DataError: the message starts with the path: unreadable (a directory, no permission),
         not UTF-8 JSON (malformed, truncated, empty), or not a JSON object.
     """
+    from etils import epath  # a local path or a URI (gs://...)
+
     name = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            values = json.load(f)
+        values = json.loads(epath.Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MissingDataError(f"{name} does not exist") from None
     except OSError as error:

@@ -191,8 +191,8 @@ class InitFromConfig(Group):
     backbone; a bare ``"backbone"`` keeps the name); empty: every parameter, same names. Only
     parameters (and the model state under the same subtrees) are read, never optimizer state;
     the run's parameters themselves, not their moving average (``ema_params``). The path is
-    saved absolute; once the new run has a checkpoint of its own, ``init_from`` is no longer
-    read (the source may move) and may change on resume.
+    saved absolute (a URI, ``gs://...``, as it is); once the new run has a checkpoint of its
+    own, ``init_from`` is no longer read (the source may move) and may change on resume.
     """
 
     workdir: str

@@ -44,11 +44,12 @@ from jaxalign.tasks import Task, get_task
 from jaxalign.train_lib import TrainState, make_optimizer, make_train_step, run_files
 from jaxalign.train_lib.checkpoint import Checkpointer
 from jaxalign.train_lib.loop import Loop, Preempted, SavesFailedError, TrainingDivergedError
-from jaxalign.train_lib.metric_writers import MetricWriter, read_metrics, save_pngs
+from jaxalign.train_lib.metric_writers import MetricWriter, save_pngs
 from jaxalign.train_lib.preemption import PREEMPTED_EXIT_CODE, StopSignal
 from jaxalign.train_lib.throughput import Throughput, peak_flops, step_flops
 from jaxalign.train_lib.transfer import load_from_run
-from jaxalign.train_lib.workdir import is_uri, open_workdir
+from jaxalign.train_lib.workdir import absolute as absolute_path
+from jaxalign.train_lib.workdir import open_workdir
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",
@@ -199,12 +200,9 @@ def train_and_evaluate(
       Preempted: SIGTERM or SIGINT arrived; a checkpoint of the last step was saved.
     """
     started = time.perf_counter()
-    if is_uri(workdir):  # the work directory module reads URIs; the trainer's writes not yet
-        raise WorkdirError(f"--workdir={workdir}: object-store URIs are not supported yet; use a "
-                           "local or mounted path (e.g. a bucket through gcsfuse)")  # fmt: skip
     devices = list(jax.devices() if devices is None else devices)
     if config.init_from.workdir:  # saved absolute: the run reads the same source from anywhere
-        source = os.path.abspath(os.path.expanduser(config.init_from.workdir))
+        source = absolute_path(config.init_from.workdir)
         config = config_lib.override(config, [f"init_from.workdir={source}"])
     config_lib.validate(config, num_devices=len(devices))
     with (
@@ -213,7 +211,7 @@ def train_and_evaluate(
     ):
         workdir = run_dir.path
         checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints
+            run_files.path_of(workdir, "checkpoints"), keep=config.train.keep_checkpoints
         )
         try:
             changes = _resume_check(config, workdir, checkpointer.latest_step())
@@ -304,7 +302,7 @@ def _train(
         if step == total_steps:
             eval_row = loop.evaluate(state, step, progress)
             if jax.process_index() == 0:  # metrics.jsonl is process 0's
-                report = task.report(read_metrics(workdir))
+                report = task.report(writer.rows())
                 if report:
                     loop.writer.log(
                         "report: " + ", ".join(f"{k} {v:.4g}" for k, v in report.items())
@@ -391,9 +389,9 @@ def evaluate_workdir(
     (``"tests/tasks/test_protocol.py"``)."""
     if config_file:
         config_lib.import_config_file(config_file)
-    workdir = os.path.abspath(os.fspath(workdir))
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    workdir = absolute_path(workdir)
+    path = run_files.path_of(workdir, "config.json")
+    if not path.is_file():
         raise WorkdirError(f"--workdir={workdir}: not a jaxalign run (no {path})")
     config = config_lib.load_json(path)
     devices = jax.devices()
@@ -401,7 +399,7 @@ def evaluate_workdir(
     setup = _setup(config, devices)
     abstract = setup.abstract_state
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        run_files.path_of(workdir, "checkpoints"),
         keep=config.train.keep_checkpoints,
         read_only=True,  # the run may still be writing there
     )

@@ -1,7 +1,10 @@
 """A ``gs://`` bucket on the local disk, for tests of object-store work directories.
 
 Inside ``fake_bucket(root)``, every ``etils.epath`` operation on ``gs://<bucket>/<key>`` acts on
-``root/<bucket>/<key>`` (``etils.epath.testing.mock_epath``). Code that reaches a ``gs://`` path
+``root/<bucket>/<key>`` (``etils.epath.testing.mock_epath``), and orbax's TensorStore arrays of a
+``gs://`` checkpoint are read and written there (its GCS key-value store swapped for a local
+file one; orbax keeps its object-store behaviour otherwise: no directory renames, a
+``commit_success.txt`` marking each complete checkpoint). Code that reaches a ``gs://`` path
 through ``os`` or ``open`` instead writes a literal ``gs:`` directory under the current one,
 which the tests look for.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from unittest import mock
 
 from etils.epath import testing
 
@@ -45,8 +49,17 @@ def fake_bucket(root: str | os.PathLike) -> Iterator[None]:
                 directory = PREFIX + os.path.relpath(directory, root)
             yield directory, dirs, files
 
+    def kvstore(path: str) -> dict[str, str]:  # orbax's TensorStore spec for a gs:// path
+        return {"driver": "file", "path": local(path)}
+
+    from orbax.checkpoint._src.path import gcs_utils
+
     names = ("exists", "isdir", "listdir", "makedirs", "mkdir", "open", "remove", "rmtree", "stat")
-    with testing.mock_epath(
-        **dict.fromkeys(names, one), copy=two, rename=two, replace=two, glob=glob, walk=walk
+    with (
+        testing.mock_epath(
+            **dict.fromkeys(names, one), copy=two, rename=two, replace=two, glob=glob, walk=walk
+        ),
+        mock.patch.object(gcs_utils, "get_kvstore_for_gcs", kvstore),
+        mock.patch.object(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False),
     ):
         yield

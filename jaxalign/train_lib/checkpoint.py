@@ -10,11 +10,13 @@ checkpoint holds two items:
 - ``data``: ``{"process_<i>": iterator state}`` for every process, JSON, gathered when the save
   is asked for, so the position matches the state's step exactly.
 
-orbax writes each checkpoint into a temporary directory and renames it when complete, so a
-process killed mid-save leaves no step directory behind: ``latest_step`` and ``restore`` only
-ever see complete checkpoints. ``restore_part`` reads only some subtrees of the state (the
-parameters of a run to transfer or evaluate, never its optimizer moments), and
-``state_metadata`` the saved shapes without any array.
+orbax writes each checkpoint into a temporary directory and renames it when complete (on an
+object store such as ``gs://``, which cannot rename, into the step's directory with a
+``commit_success.txt`` written last), so a process killed mid-save leaves no checkpoint that
+looks complete: ``latest_step`` and ``restore`` only ever see complete checkpoints. The
+directory is reached through ``etils.epath`` (a local path or a URI). ``restore_part`` reads
+only some subtrees of the state (the parameters of a run to transfer or evaluate, never its
+optimizer moments), and ``state_metadata`` the saved shapes without any array.
 
 What can still go wrong, and what happens:
 
@@ -29,9 +31,9 @@ What can still go wrong, and what happens:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
 import sys
 import time
 from typing import Any
@@ -42,6 +44,7 @@ from etils import epath
 
 from jaxalign.errors import ConfigError, DataError
 from jaxalign.parallel.multihost import gather_json
+from jaxalign.train_lib.workdir import is_uri
 
 STATE, DATA = "state", "data"
 CORRUPT_DIRNAME = "corrupt_checkpoints"
@@ -92,6 +95,21 @@ def _quiet_closed_loop(previous: Any) -> Any:
 
     hook.jaxalign_quiet = True  # type: ignore[attr-defined]
     return hook
+
+
+def _move_tree(source: epath.Path, target: epath.Path) -> None:
+    """Moves the directory ``source`` to ``target`` (its parent created): renamed on a local
+    disk; on an object store (no directory rename), each file copied, then the source removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not is_uri(source):
+        source.rename(target)
+        return
+    for directory, _, files in source.walk():  # (no recursive glob on an object store)
+        into = target / os.path.relpath(os.fspath(directory), os.fspath(source))
+        into.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (directory / name).copy(into / name)
+    source.rmtree()
 
 
 class Checkpointer:
@@ -205,16 +223,15 @@ class Checkpointer:
         """Moves unreadable checkpoints to ``corrupt_checkpoints/`` beside the directory (when
         not read-only); one note per checkpoint."""
         notes = []
-        parent = os.path.join(os.path.dirname(os.path.abspath(self.directory)), CORRUPT_DIRNAME)
+        parent = epath.Path(self.directory).parent / CORRUPT_DIRNAME
         for step, why in failures:
-            source = os.path.join(self.directory, str(step))
+            source = epath.Path(self.directory) / str(step)
             if self._read_only:
                 notes.append(f"checkpoint {source} skipped: it does not read ({why})")
                 continue
-            target = os.path.join(parent, f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+            target = parent / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
             if jax.process_index() == 0:
-                os.makedirs(parent, exist_ok=True)
-                shutil.move(source, target)
+                _move_tree(source, target)
             notes.append(f"checkpoint {source} does not read ({why}); moved to {target}")
         if failures and not self._read_only:
             if jax.process_count() > 1:
@@ -326,9 +343,11 @@ class Checkpointer:
         """Deletes the temporary directories of failed saves (process 0)."""
         if jax.process_index() != 0:
             return
-        for name in os.listdir(self.directory):
-            if "tmp" in name and any(name.startswith(f"{s}.") for s in self._failed_steps):
-                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        failed = tuple(f"{s}." for s in self._failed_steps)
+        for path in epath.Path(self.directory).iterdir():
+            if "tmp" in path.name and path.name.startswith(failed):
+                with contextlib.suppress(OSError):  # gone already
+                    path.rmtree()
 
     def close(self) -> None:
         """Waits for the last save (a failure is kept for ``check_saves``) and closes; the

@@ -7,23 +7,40 @@ step ``s``, rows after ``s`` (logged after that checkpoint, before the crash) ar
 file reads as one uninterrupted run; TensorBoard drops its events after ``s`` the same way
 (``purge_step``). Eval pictures (a task's ``eval_images``) go to ``images/<name>_step<step>.png``
 and TensorBoard.
+
+The work directory may be an object-store URI (``gs://...``, reached through ``etils.epath``): an
+object cannot be appended to, so ``metrics.jsonl`` and the TensorBoard event files are written
+in a local staging directory and copied whole to the URI at most every ``upload_seconds`` (30 by
+default), after each eval picture, and at ``close`` (which a preempted run reaches too). A run
+killed outright loses at most that many seconds of rows there, all logged after its last
+checkpoint (a checkpoint's save takes longer), which a resumed run drops anyway.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from tqdm import tqdm
+
+from jaxalign.train_lib import run_files
+from jaxalign.train_lib.workdir import is_uri
 
 METRICS_FILE = "metrics.jsonl"
 IMAGES_DIR = "images"  # eval pictures: <name>_step<step>.png
+TENSORBOARD_DIR = "tensorboard"
+UPLOAD_SECONDS = 30.0  # an object-store work directory: metrics copied there at most this often
 
 
 def _summary_writer_class() -> type:
@@ -59,14 +76,20 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"metric value {value!r} ({type(value).__name__}) is not a scalar")
 
 
-def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of ``workdir/metrics.jsonl`` ([] when there is none). A last line cut short by
-    a crash is left out; a bad line anywhere else raises, naming the file and line."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+def _lines(workdir: str | os.PathLike) -> list[str]:
+    """The non-empty lines of ``workdir/metrics.jsonl`` ([] when there is none)."""
+    path = run_files.path_of(workdir, METRICS_FILE)
+    if not path.exists():
         return []
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
+    return [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of ``workdir/metrics.jsonl`` (local or a URI; [] when there is none). A last
+    line cut short by a crash is left out; a bad line anywhere else raises, naming the file and
+    line."""
+    path = run_files.path_of(workdir, METRICS_FILE)
+    lines = _lines(workdir)
     rows = []
     for number, line in enumerate(lines, 1):
         try:
@@ -83,11 +106,7 @@ def truncate_after(workdir: str | os.PathLike, step: int, *, evals_at_step: bool
     the eval rows of ``step`` itself, about to be written again); returns how many went. The
     file is rewritten (without a torn last line) whenever it is not already exactly the kept
     rows."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
+    lines = _lines(workdir)
     rows = read_metrics(workdir)
     kept = [
         row
@@ -96,23 +115,24 @@ def truncate_after(workdir: str | os.PathLike, step: int, *, evals_at_step: bool
         or (row["step"] == step and not (evals_at_step and any(k.startswith("eval/") for k in row)))
     ]
     if len(kept) != len(lines):
-        with open(path + ".tmp", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in kept)
-        os.replace(path + ".tmp", path)
+        run_files.write_text(workdir, METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
     return len(lines) - len(kept)
 
 
 def save_pngs(workdir: str | os.PathLike, step: int, images: Mapping[str, Any]) -> list[str]:
-    """Writes each ``{name: [H, W, 3] uint8}`` as ``workdir/images/<name>_step<step>.png``;
-    returns the paths."""
+    """Writes each ``{name: [H, W, 3] uint8}`` as ``workdir/images/<name>_step<step>.png``
+    (local or a URI); returns the paths."""
     from PIL import Image
 
-    os.makedirs(os.path.join(workdir, IMAGES_DIR), exist_ok=True)
+    directory = run_files.path_of(workdir, IMAGES_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, image in images.items():
-        path = os.path.join(workdir, IMAGES_DIR, f"{name}_step{int(step)}.png")
-        Image.fromarray(np.asarray(image, np.uint8)).save(path)
-        paths.append(path)
+        png = io.BytesIO()
+        Image.fromarray(np.asarray(image, np.uint8)).save(png, format="PNG")
+        path = directory / f"{name}_step{int(step)}.png"
+        path.write_bytes(png.getvalue())
+        paths.append(os.fspath(path))
     return paths
 
 
@@ -124,6 +144,8 @@ class MetricWriter:
       total_steps: the run's last step (for the bar's ETA).
       start_step: the step the run starts (or resumes) from.
       progress: show a tqdm bar; ``None`` shows it when stderr is a terminal.
+      upload_seconds: with a URI work directory, the longest time between two copies of the
+        metrics there.
 
     A run resumed at its last step (finished before) evaluates again: its old final eval row
     is replaced, not doubled.
@@ -136,27 +158,67 @@ class MetricWriter:
         total_steps: int,
         start_step: int,
         progress: bool | None = None,
+        upload_seconds: float = UPLOAD_SECONDS,
     ):
         self.enabled = jax.process_index() == 0
         self._file = None
         self._tensorboard = None
         self._bar = None
         self.workdir = os.fspath(workdir)
+        self._remote = is_uri(self.workdir)
+        self._upload_seconds = upload_seconds
+        self._uploaded_at = -math.inf
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
+        # Written here; a URI work directory gets copies (see the module docstring).
+        self._local = self._staging() if self._remote else self.workdir
+        os.makedirs(self._local, exist_ok=True)
         # Rows after the starting point (all of them when a run killed before its first
         # checkpoint starts again) were logged by a run that did not reach a checkpoint.
-        truncate_after(workdir, start_step, evals_at_step=start_step == total_steps)
-        self._file = open(os.path.join(workdir, METRICS_FILE), "a")  # noqa: SIM115
+        truncate_after(self._local, start_step, evals_at_step=start_step == total_steps)
+        self._file = open(os.path.join(self._local, METRICS_FILE), "a")  # noqa: SIM115
 
+        # One event file per writer: tensorboardX names it by the second and the host only,
+        # so a run resumed within the same second would otherwise replace the last one's.
         self._tensorboard = _summary_writer_class()(
-            os.path.join(workdir, "tensorboard"), purge_step=start_step + 1
+            os.path.join(self._local, TENSORBOARD_DIR),
+            purge_step=start_step + 1,
+            filename_suffix=f".{os.getpid()}.from{start_step}",
         )
+        self._upload(force=True)  # the rows dropped above are dropped there too
         show = sys.stderr.isatty() if progress is None else progress
         self._bar = tqdm(
             total=total_steps, initial=start_step, unit="step", disable=not show, dynamic_ncols=True
         )
+
+    def _staging(self) -> str:
+        """A new local directory holding a copy of the URI's ``metrics.jsonl`` (if any)."""
+        local = tempfile.mkdtemp(prefix="jaxalign-metrics-")
+        source = run_files.path_of(self.workdir, METRICS_FILE)
+        if source.exists():
+            with open(os.path.join(local, METRICS_FILE), "wb") as f:
+                f.write(source.read_bytes())
+        return local
+
+    def _upload(self, *, force: bool = False) -> None:
+        """Copies ``metrics.jsonl`` and the event files to a URI work directory, when the last
+        copy is ``upload_seconds`` old (or ``force``)."""
+        now = time.monotonic()
+        if not self._remote or not (force or now - self._uploaded_at >= self._upload_seconds):
+            return
+        self._uploaded_at = now
+        run_files.path_of(self.workdir, METRICS_FILE).write_bytes(
+            epath.Path(self._local, METRICS_FILE).read_bytes()
+        )
+        events = epath.Path(self._local, TENSORBOARD_DIR)
+        target = run_files.path_of(self.workdir, TENSORBOARD_DIR)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in events.iterdir() if events.exists() else []:
+            (target / path.name).write_bytes(path.read_bytes())
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The rows of this run's ``metrics.jsonl`` so far (process 0; [] on the others)."""
+        return read_metrics(self._local) if self.enabled else []
 
     def log(self, message: str) -> None:
         """A line on stdout that does not break the progress bar."""
@@ -175,6 +237,7 @@ class MetricWriter:
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self._tensorboard.add_scalar(key, value, step)
         self._tensorboard.flush()
+        self._upload()
         return row
 
     def write_images(self, step: int, images: Mapping[str, Any]) -> list[str]:
@@ -186,6 +249,7 @@ class MetricWriter:
         for name, image in images.items():
             self._tensorboard.add_image(name, np.asarray(image, np.uint8), step, dataformats="HWC")
         self._tensorboard.flush()
+        self._upload(force=True)
         return paths
 
     def advance(self, step: int, postfix: Mapping[str, str] | None = None) -> None:
@@ -196,9 +260,15 @@ class MetricWriter:
                 self._bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
+        """Closes the files; a URI work directory gets its last copy and the local staging
+        directory is removed."""
         if self._bar is not None:
             self._bar.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self._file is not None:
             self._file.close()
+            self._file = None
+            if self._remote:
+                self._upload(force=True)
+                shutil.rmtree(self._local, ignore_errors=True)

@@ -1,5 +1,6 @@
 """The small files of a run's work directory: JSON written whole (``config.json``, ``env.json``,
-``summary.json``, ``eval.json``) and JSON lines appended (``config_changes.jsonl``).
+``summary.json``, ``eval.json``), JSON lines appended (``config_changes.jsonl``), any text
+replaced whole (``write_text``).
 
 Process 0 alone writes them. Every access goes through ``etils.epath``, so the work directory may
 be a local path or an object-store URI (``gs://...``): locally a JSON file is written to a
@@ -28,10 +29,15 @@ def path_of(workdir: str | os.PathLike, name: str) -> epath.Path:
 
 def write_json(workdir: str | os.PathLike, name: str, value: Any) -> None:
     """Writes ``value`` as indented JSON to ``workdir/name``, whole (process 0 only)."""
+    write_text(workdir, name, json.dumps(value, indent=2) + "\n")
+
+
+def write_text(workdir: str | os.PathLike, name: str, text: str) -> None:
+    """Replaces ``workdir/name`` by ``text``, whole: a reader sees the old file or the new one,
+    never a part (process 0 only)."""
     if jax.process_index() != 0:
         return
     target = path_of(workdir, name)
-    text = json.dumps(value, indent=2) + "\n"
     if is_uri(workdir):
         target.write_text(text)
         return

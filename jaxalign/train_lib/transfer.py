@@ -12,14 +12,15 @@ in this model``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+from etils import epath
 
 from jaxalign.schema import ConfigError, InitFromConfig, MissingDataError
 from jaxalign.train_lib.checkpoint import Checkpointer
+from jaxalign.train_lib.workdir import absolute
 
 
 def _split(path: str) -> list[str]:
@@ -112,11 +113,11 @@ def load_from_run(
       MissingDataError: the run or its checkpoint is not there.
       ConfigError: a name, shape or dtype that does not match (both sides named).
     """
-    run = os.path.abspath(os.path.expanduser(init_from.workdir))
-    directory = os.path.join(run, "checkpoints")
-    if not os.path.isdir(directory):
+    run = absolute(init_from.workdir)
+    directory = epath.Path(run) / "checkpoints"
+    if not directory.is_dir():
         raise MissingDataError(
-            f"config.init_from.workdir={init_from.workdir!r}: no checkpoints in {directory!r}"
+            f"config.init_from.workdir={init_from.workdir!r}: no checkpoints in '{directory}'"
         )
     checkpointer = Checkpointer(directory, keep=1, read_only=True)
     try:

@@ -46,6 +46,13 @@ def is_uri(path: str | os.PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def absolute(path: str | os.PathLike) -> str:
+    """``path`` as the run records it: a URI as it is, a local path with ``~`` expanded and
+    made absolute (the same directory whatever the current one)."""
+    path = os.fspath(path)
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
 def _check_path(path: str) -> epath.Path:
     """The usable work directory ``path`` (created if absent; local paths made absolute), or
     WorkdirError."""
@@ -54,7 +61,7 @@ def _check_path(path: str) -> epath.Path:
             "--workdir is empty (an unset shell variable?); give the run's directory"
         )
     uri = is_uri(path)
-    target = epath.Path(path if uri else os.path.abspath(os.path.expanduser(path)))
+    target = epath.Path(absolute(path))
     if target.exists() and not target.is_dir():
         raise WorkdirError(f"--workdir={target}: is a file, not a directory")
     try:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.train_lib import throughput
+from jaxalign.train_lib import metric_writers, throughput
 from jaxalign.train_lib.metric_writers import MetricWriter, read_metrics, truncate_after
 
 
@@ -60,6 +60,39 @@ def test_a_finished_run_run_again_replaces_its_final_eval_row(tmp_path):
     writer.close()
     assert truncate_after(tmp_path, 2, evals_at_step=True) == 1
     assert read_metrics(tmp_path) == [{"step": 2, "loss": 1.0}]
+
+
+def test_a_bucket_gets_copies_at_most_every_upload_seconds(tmp_path, monkeypatch):
+    """A ``gs://`` work directory (a fake bucket): rows are staged locally, copied there when
+    ``upload_seconds`` have passed and at close; a resume truncates the bucket's copy; eval
+    pictures go straight there; nothing is written here through ``os``."""
+    from tests.fake_bucket import fake_bucket
+
+    monkeypatch.chdir(tmp_path)
+    root, clock = tmp_path / "root", [0.0]
+    run = root / "bucket" / "run"
+    run.mkdir(parents=True)  # as open_workdir leaves it
+    monkeypatch.setattr(metric_writers.time, "monotonic", lambda: clock[0])
+    with fake_bucket(root):
+        writer = MetricWriter("gs://bucket/run", total_steps=4, start_step=0, progress=False)
+        writer.write(1, {"loss": 1.0})
+        assert read_metrics("gs://bucket/run") == []  # copied at the start, before any row
+        clock[0] = 30.0
+        writer.write(2, {"loss": 2.0})
+        assert [r["step"] for r in read_metrics("gs://bucket/run")] == [1, 2]
+        writer.write(3, {"loss": 3.0})
+        assert writer.rows()[-1] == {"step": 3, "loss": 3.0}  # the local rows: all of them
+        assert [r["step"] for r in read_metrics("gs://bucket/run")] == [1, 2]
+        (png,) = writer.write_images(3, {"pair": np.zeros((4, 6, 3), np.uint8)})
+        assert png == "gs://bucket/run/images/pair_step3.png"
+        writer.close()
+        assert [r["step"] for r in read_metrics("gs://bucket/run")] == [1, 2, 3]
+        resumed = MetricWriter("gs://bucket/run", total_steps=4, start_step=2, progress=False)
+        assert [r["step"] for r in read_metrics("gs://bucket/run")] == [1, 2]
+        resumed.close()
+    assert (run / "images" / "pair_step3.png").read_bytes().startswith(b"\x89PNG")
+    assert len(list((run / "tensorboard").iterdir())) == 2  # one event file per writer
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
 
 
 def test_peak_flops_table():

@@ -129,16 +129,3 @@ def test_a_bucket_uri_is_marked_through_epath_alone(tmp_path, monkeypatch):
         with pytest.raises(WorkdirError, match=r"gs://bucket/other: holds files .*notes\.txt"):
             open_workdir("gs://bucket/other")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bucket_root"]
-
-
-def test_the_trainer_refuses_a_bucket_uri_for_now(tmp_path, monkeypatch, capsys):
-    """Until every file of a run is written through epath, ``jaxalign train`` refuses a URI
-    in one line (status 2) and writes nothing, neither to the bucket nor here."""
-    from jaxalign import cli
-
-    monkeypatch.chdir(tmp_path)
-    config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "clip.py")
-    assert cli.main(["train", f"--config={config}:tiny", "--workdir=gs://bucket/run"]) == 2
-    err = capsys.readouterr().err
-    assert "gs://bucket/run: object-store URIs are not supported yet" in err
-    assert not list(tmp_path.iterdir())
