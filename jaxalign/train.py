@@ -46,7 +46,7 @@ from jaxalign.train_lib.checkpoint import Checkpointer
 from jaxalign.train_lib.loop import Loop, Preempted, SavesFailedError, TrainingDivergedError
 from jaxalign.train_lib.metric_writers import MetricWriter, save_pngs
 from jaxalign.train_lib.preemption import PREEMPTED_EXIT_CODE, StopSignal
-from jaxalign.train_lib.throughput import Throughput, peak_flops, step_flops
+from jaxalign.train_lib.throughput import Throughput, objective_seconds, peak_flops, step_flops
 from jaxalign.train_lib.transfer import load_from_run
 from jaxalign.train_lib.workdir import absolute as absolute_path
 from jaxalign.train_lib.workdir import open_workdir
@@ -89,6 +89,12 @@ class _Setup(NamedTuple):
         """The jitted step, compiled once for the task's batch shapes (``.lower().compile()``
         on ``jax.ShapeDtypeStruct``s: no batch is built), and the FLOPs one device runs per
         step."""
+        compiled = self.lower_step().compile()
+        return compiled, step_flops(compiled)
+
+    def lower_step(self, platforms: Sequence[str] | None = None) -> Any:
+        """The step lowered for the task's batch shapes (``jax.stages.Lowered``), for this
+        backend or for ``platforms`` (``("cuda",)``: read on CPU what a GPU would run)."""
         task, mesh = self.task, self.mesh
         sharding = batch_sharding(mesh)
         step = make_train_step(
@@ -103,8 +109,8 @@ class _Setup(NamedTuple):
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), task.batch_spec()
         )
         with activation_context(mesh):
-            compiled = step.lower(self.abstract_state, abstract_batch).compile()
-        return compiled, step_flops(compiled)
+            traced = step.trace(self.abstract_state, abstract_batch)
+            return traced.lower(lowering_platforms=tuple(platforms) if platforms else None)
 
 
 def _setup(
@@ -258,6 +264,7 @@ def _train(
                 state, note = _transfer(config, state, setup)
                 notes.append(note)
         compiled, flops = setup.compile_step()
+        objective_s = objective_seconds(getattr(task, "objective_probe", lambda: None)())
         if jax.process_index() == 0:  # the run starts: the config is its own now
             config_lib.save(config, workdir)
             _record_changes(workdir, start_step, changes)
@@ -274,6 +281,7 @@ def _train(
         f"global batch {batch_size}, steps {start_step} -> {total_steps}"
         + (f", resumed from checkpoint {start_step}" if start_step else "")
         + (f"; {flops / 1e9:.4g} GFLOP per device per step" if flops else "")
+        + (f"; its loss alone {1e3 * objective_s:.3g} ms" if objective_s else "")
     )
     if getattr(stream, "num_records", None) is not None:
         writer.log(f"data: {stream.source_name}")
@@ -290,7 +298,7 @@ def _train(
         iterator=iterator,
         checkpointer=checkpointer,
         writer=writer,
-        throughput=Throughput(batch_size, flops, peak),
+        throughput=Throughput(batch_size, flops, peak, objective_s),
         last_step=start_step,
         nonfinite_total=int(jax.device_get(state.nonfinite_total)),
     )
@@ -335,6 +343,7 @@ def _summarise(loop, stream, eval_row, stopped, started, workdir) -> dict[str, A
         **(loop.last_data_metrics if stopped and jax.process_count() > 1 else loop.data_metrics()),
         "data/records": getattr(stream, "num_records", None),
         "nonfinite_total": loop.nonfinite_total,
+        **loop.throughput.means(),  # input_wait_share, loss_share: means over the run
         "wall_s": round(time.perf_counter() - started, 1),
     }
     try:

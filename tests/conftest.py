@@ -59,3 +59,21 @@ def shared_compilation_cache():
 
     with compilation_cache():
         yield
+
+
+@pytest.fixture
+def lower_for_cuda(monkeypatch):
+    """Lets jax lower cuDNN attention for CUDA on a CPU-only machine: the cuDNN version and
+    compute capability are asked of a GPU at trace time, so they are set (cuDNN 9.1, Hopper);
+    the kernel's own checks of shapes, dtype and mask form still run."""
+    from jax._src.cudnn import fused_attention_stablehlo as fused
+
+    monkeypatch.setattr(fused, "check_cudnn_version", lambda: 90100)
+    monkeypatch.setattr(fused, "check_compute_capability", lambda capability: True)
+    monkeypatch.setattr(fused, "is_cuda_compute_capability_equal", lambda capability: False)
+
+    def lower(fn, *args) -> str:
+        """``fn`` (jitted here) lowered for CUDA: its StableHLO text."""
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+
+    return lower

@@ -78,6 +78,9 @@ def test_entry_point_writes_the_work_directory(uninterrupted):
     assert all(np.isfinite(row["loss"]) for row in train_rows)
     assert all(row["examples_per_s"] > 0 for row in train_rows[1:])
     assert "flops_per_s_per_device" in train_rows[-1] and "mfu" not in train_rows[-1]  # CPU
+    for row in train_rows[1:]:  # where the step's time went (the first interval has none)
+        assert 0.0 <= row["input_wait_share"] < 1.0 and 0.0 < row["loss_share"] < 1.0, row
+    assert 0.0 <= summary["input_wait_share"] < 1.0 and 0.0 < summary["loss_share"] < 1.0
     assert rows[-1]["step"] == 8 and "eval/i2t_R@1" in rows[-1]
     config = json.loads((workdir / "config.json").read_text())
     assert config["train"]["steps"] == 8
@@ -163,6 +166,27 @@ def test_one_device_equals_eight(data_dir, tmp_path, monkeypatch):
         saved_subtree(tmp_path / "eight", "params"),
         saved_subtree(tmp_path / "one", "params"),
     )
+
+
+def test_the_loss_share_grows_with_the_global_batch(data_dir, tmp_path):
+    """The encoders' and the input pipeline's cost grow with the batch B and InfoNCE's with
+    B^2, so the share of the step spent in the loss (timed alone at start-up,
+    ``Task.objective_probe``) grows with B."""
+    shares = {}
+    for batch in (16, 512):
+        overrides = {"train.global_batch_size": batch, "train.steps": 6, "train.log_every": 2}
+        overrides.update({"train.checkpoint_every": 6, "train.eval_every": 6})
+        summary = train.train_and_evaluate(
+            _load(data_dir, **overrides, **{"objective.impl": "naive"}),
+            tmp_path / str(batch),
+            devices=jax.devices()[:1],
+        )
+        rows = [row for row in read_metrics(tmp_path / str(batch)) if "loss_share" in row]
+        assert [row["step"] for row in rows] == [2, 4, 6]
+        for row in rows:
+            assert 0.0 < row["loss_share"] < 1.0 and 0.0 <= row["input_wait_share"] < 1.0, row
+        shares[batch] = summary["loss_share"]
+    assert shares[512] > shares[16], shares
 
 
 def test_a_nan_batch_is_skipped_and_counted(data_dir, tmp_path, monkeypatch):

@@ -3,8 +3,11 @@
 Every parameter carries logical axis names (``embed``, ``mlp``, ``heads``, ``kv``; mapped to the
 mesh by ``jaxalign.parallel.sharding.LOGICAL_RULES``) and the residual stream is constrained to
 ``("act_batch", "act_length", "act_embed")``. Parameters are float32; ``dtype`` is the compute
-dtype (e.g. bfloat16). Attention goes through ``jax.nn.dot_product_attention`` so a GPU gets its
-fused kernel.
+dtype (e.g. bfloat16). Attention goes through ``jax.nn.dot_product_attention``: on a GPU, with
+bfloat16 or float16 heads of a size cuDNN's fused (flash) attention takes, through that kernel
+(``attention_implementation``), its sequences padded to a multiple of ``FUSED_LENGTH_MULTIPLE``
+(the kernel refuses odd lengths when training: ViT-B/16's 197 tokens, CLIP's 77) with the padding
+masked by sequence lengths; elsewhere through XLA's own.
 
 The block layout is the one CLIP / ViT / BERT checkpoints use (separate q, k, v and output
 projections with biases; a two-layer MLP), so Hugging Face weights map one to one
@@ -127,6 +130,73 @@ class MlpBlock(nn.Module):
         return dense(width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
 
 
+FUSED_LENGTH_MULTIPLE = 8
+
+
+def fused_attention_accepts(head_dim: int, dtype: Dtype) -> bool:
+    """Whether cuDNN's fused attention takes heads of ``head_dim`` in ``dtype``: bfloat16 or
+    float16, a head dim that is a multiple of 8 up to 128 (jax's own check in
+    ``jax._src.cudnn.fused_attention_stablehlo``; Hopper also takes up to 256)."""
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return half and head_dim % 8 == 0 and head_dim <= 128
+
+
+def attention_implementation(head_dim: int, dtype: Dtype, backend: str | None = None) -> str:
+    """``"cudnn"`` on a GPU (``backend``, default ``jax.default_backend()``) for heads the fused
+    kernel takes, else ``"xla"``."""
+    backend = backend or jax.default_backend()
+    return "cudnn" if backend == "gpu" and fused_attention_accepts(head_dim, dtype) else "xla"
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    causal: bool,
+    implementation: str = "xla",
+) -> jax.Array:
+    """Softmax attention, ``[batch, length, heads, head_dim]`` (q, k, v) -> like q.
+
+    ``mask``: ``[batch, length]``, 1 for real tokens, which come first in each row (right
+    padding, as jaxalign's tokenizers give), or None. With ``implementation="xla"`` it is a
+    key mask; otherwise (``"cudnn"``) the sequences are padded to a multiple of
+    ``FUSED_LENGTH_MULTIPLE`` and the mask becomes the keys' sequence lengths (the same
+    result, as ``tests/models/test_towers.py`` checks through XLA).
+    """
+    if implementation == "xla":
+        key_mask = None if mask is None else mask[:, None, None, :].astype(bool)  # [b, 1, 1, s]
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=key_mask, is_causal=causal, implementation="xla"
+        )
+    return padded_attention(q, k, v, mask, causal, implementation)
+
+
+def padded_attention(q, k, v, mask, causal, implementation):
+    """``dot_product_attention``'s fused form (any ``implementation``): query and key lengths
+    padded to a multiple of ``FUSED_LENGTH_MULTIPLE``, padded keys masked by
+    ``key_value_seq_lengths`` (``mask`` over the keys, ``[batch, key length]``)."""
+    batch, queries, keys = q.shape[0], q.shape[1], k.shape[1]
+    if mask is None:
+        lengths = jnp.full((batch,), keys, jnp.int32)
+    else:
+        lengths = jnp.sum(mask.astype(jnp.int32), axis=-1)
+
+    def pad(t: jax.Array) -> jax.Array:
+        extra = -t.shape[1] % FUSED_LENGTH_MULTIPLE
+        return jnp.pad(t, [(0, 0), (0, extra), (0, 0), (0, 0)])
+
+    out = jax.nn.dot_product_attention(
+        pad(q),
+        pad(k),
+        pad(v),
+        key_value_seq_lengths=lengths,
+        is_causal=causal,
+        implementation=implementation,
+    )
+    return out[:, :queries]
+
+
 class Attention(nn.Module):
     """Multi-head self-attention, ``[batch, length, width] -> [batch, length, width]``.
 
@@ -148,8 +218,8 @@ class Attention(nn.Module):
         q, k, v = (dense(shape, names, dtype=self.dtype, name=n)(x) for n in ("q", "k", "v"))
         heads = ("act_batch", "act_length", "act_heads", "act_kv")
         q, k, v = (nn.with_logical_constraint(t, heads) for t in (q, k, v))
-        key_mask = None if mask is None else mask[:, None, None, :].astype(bool)  # [b, 1, 1, s]
-        out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=causal)
+        implementation = attention_implementation(head_dim, self.dtype)
+        out = dot_product_attention(q, k, v, mask, causal, implementation)
         return dense(width, ("heads", "kv", "embed"), dtype=self.dtype, name="out", contract=2)(out)
 
 
@@ -270,7 +340,9 @@ class MAPHead(nn.Module):
         q = dense(shape, names, dtype=self.dtype, name="q")(query)
         k = dense(shape, names, dtype=self.dtype, name="k")(x)
         v = dense(shape, names, dtype=self.dtype, name="v")(x)
-        pooled = jax.nn.dot_product_attention(q, k, v)
+        pooled = dot_product_attention(
+            q, k, v, None, False, attention_implementation(head_dim, self.dtype)
+        )
         pooled = dense(width, ("heads", "kv", "embed"), dtype=self.dtype, name="out", contract=2)(
             pooled
         )

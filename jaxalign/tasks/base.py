@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import jax
@@ -54,7 +54,8 @@ class ParamGroup:
 
 class Task(Protocol):
     """What a task gives the trainer. Subclass it to inherit the defaults of the optional
-    members (``prepare_data``, ``loss_and_grad``, ``param_groups``, ``evaluate``, ``report``)."""
+    members (``prepare_data``, ``loss_and_grad``, ``objective_probe``, ``param_groups``,
+    ``evaluate``, ``report``)."""
 
     name: ClassVar[str]
     """The name configs use (``config.task``)."""
@@ -110,6 +111,15 @@ class Task(Protocol):
             lambda p: _loss_with_aux(self, p, model_state, batch, rng, step), has_aux=True
         )(params)
         return loss, grads, model_state, metrics
+
+    def objective_probe(self) -> tuple[Callable[[Any], jax.Array], Any] | None:
+        """The step's batch objective alone, for the ``loss_share`` the trainer logs:
+        ``(fn, inputs)`` with ``fn(inputs) -> scalar`` the loss the step computes from the
+        model's outputs (CLIP: InfoNCE of two ``[B, D]`` embeddings, over the mesh) and
+        ``inputs`` those outputs' global shapes, a pytree of ``jax.ShapeDtypeStruct`` with
+        their shardings. The trainer times ``jax.value_and_grad(fn)`` once at start-up
+        (``train_lib.throughput.objective_seconds``). None (the default): no loss share."""
+        return None
 
     def param_groups(self) -> Sequence[ParamGroup]:
         """Learning-rate multipliers and frozen parameters, by path (none by default)."""

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxalign import evals, models, objectives
 from jaxalign.data import ImageTextTransform, TextTokenizer, make_pipeline
+from jaxalign.parallel import batch_sharding
 from jaxalign.parallel.sharding import activation_context
 from jaxalign.schema import (
     Count,
@@ -300,6 +301,20 @@ class ClipTask(Task):
             tile=objective.tile,
             label_smoothing=objective.label_smoothing,
         )
+
+    def objective_probe(self) -> tuple[Any, tuple[jax.ShapeDtypeStruct, ...]]:
+        """The configured loss alone on the global batch's two ``[B, embed_dim]`` float32 unit
+        embeddings over the mesh's batch axes, at the initial temperature (and bias)."""
+        batch = self.config.train.global_batch_size
+        spec = jax.ShapeDtypeStruct(
+            (batch, self.model.embed_dim), jnp.float32, sharding=batch_sharding(self.mesh)
+        )
+        model = self.config.model
+        scales = {  # Python floats: checked once, not traced
+            "logit_scale": float(model.logit_scale_init),
+            "logit_bias": float(model.logit_bias_init or 0.0),
+        }
+        return (lambda embeddings: self.loss_on_embeddings(scales, embeddings)), (spec, spec)
 
     def loss(self, params, model_state, batch, rng, step):
         """InfoNCE / SigLIP over the global batch; no model state, no randomness."""

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from jaxalign import models, objectives
 from jaxalign.data import SimCLRTransform
+from jaxalign.parallel import batch_sharding
 from jaxalign.schema import Group, NonNegativeFloat, PositiveFloat, PositiveInt
 from jaxalign.tasks import images
 from jaxalign.tasks.base import register_task
@@ -92,6 +93,18 @@ class SimCLRTask(UnlabelledImageTask):
         batch, size = self.config.train.global_batch_size, self.config.data.image_size
         view = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
         return {"view1": view, "view2": view}
+
+    def objective_probe(self) -> tuple[Any, tuple[jax.ShapeDtypeStruct, ...]]:
+        """NT-Xent alone on the two views' ``[B, projection_dim]`` float32 unit projections
+        over the mesh's batch axes."""
+        batch, dim = self.config.train.global_batch_size, self.config.model.projection_dim
+        spec = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=batch_sharding(self.mesh))
+        temperature = self.config.objective.temperature
+
+        def objective(projections):
+            return objectives.nt_xent(*projections, temperature, mesh=self.mesh)
+
+        return objective, (spec, spec)
 
     def loss(self, params, model_state, batch, rng, step):
         """NT-Xent over the global batch's ``2B`` views; metrics: the mean cosine similarity of

@@ -104,10 +104,12 @@ class Loop:
         try:
             while step < total_steps:
                 data_state = self.iterator.get_state()  # what a save while waiting keeps
+                waiting = time.perf_counter()
                 try:
                     local = fetcher.next(
                         lambda: bool(stop.requested), on_slow=self._slow_data(step + 1)
                     )
+                    self.throughput.waited(time.perf_counter() - waiting)
                 except (FetchInterrupted, DataError) as error:
                     self.fetch_abandoned = isinstance(error, FetchInterrupted)
                     self._finish(pending)

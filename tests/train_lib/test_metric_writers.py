@@ -117,6 +117,44 @@ def test_step_flops_of_a_matmul_and_utilisation():
     assert throughput.Throughput(8, None, None).report() == {}
 
 
+def test_time_shares_per_interval_and_over_the_run(monkeypatch):
+    """input_wait_share: the waits over the interval's time; loss_share: the objective's time
+    per step times the steps, over it; means() weighs the intervals by their time."""
+    clock = [0.0]
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock[0])
+    meter = throughput.Throughput(8, None, None, objective_s=0.05)
+    assert meter.means() == {}
+    for _ in range(4):  # 4 steps in 1 s, of which 0.25 s waiting for batches
+        meter.count()
+    meter.waited(0.25)
+    clock[0] = 1.0
+    assert meter.report() == pytest.approx(
+        {"steps_per_s": 4, "examples_per_s": 32, "input_wait_share": 0.25, "loss_share": 0.2}
+    )
+    for _ in range(2):  # 2 steps in 3 s, no waiting
+        meter.count()
+    clock[0] = 4.0
+    assert meter.report()["loss_share"] == pytest.approx(0.1 / 3)
+    assert meter.means() == pytest.approx({"input_wait_share": 0.25 / 4, "loss_share": 0.3 / 4})
+    assert "loss_share" not in throughput.Throughput(8, None, None).means()
+
+
+def test_objective_seconds_times_the_loss_on_its_shardings():
+    """The compiled value and gradient of an objective over 8 devices' batch shards runs on
+    random inputs made in those shardings; None without a probe."""
+    from jaxalign.parallel import batch_sharding, make_mesh
+
+    mesh = make_mesh({"data": 8}, jax.devices())
+    spec = jax.ShapeDtypeStruct((64, 16), jnp.float32, sharding=batch_sharding(mesh))
+
+    def objective(inputs):  # a [64, 64] similarity matrix from row-sharded inputs
+        return jnp.sum(jnp.tanh(inputs[0] @ inputs[1].T))
+
+    seconds = throughput.objective_seconds((objective, (spec, spec)), repeats=3)
+    assert seconds is not None and seconds > 0
+    assert throughput.objective_seconds(None) is None
+
+
 def test_tensorboard_comes_without_torch_and_torch_still_imports(tmp_path):
     """In a fresh interpreter (torch may already be imported here): a writer's TensorBoard
     events are written without importing PyTorch, and ``import torch`` works afterwards."""

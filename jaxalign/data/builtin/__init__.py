@@ -19,7 +19,11 @@ For masked language modelling, ``caption_corpus`` gives the training captions an
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +74,18 @@ def prepare(name: str, data_dir: str | os.PathLike, **config: Any) -> tfds.core.
         config=cls.make_config(**config),
         file_format="array_record",
     )
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    if builder.is_prepared():
+        return builder
+    print(
+        f"jaxalign: generating the built-in dataset {name} in {builder.data_dir}", file=sys.stderr
     )
+    started = time.perf_counter()
+    # tfds prints that it is "downloading" and has "downloaded" the data: it generates it here.
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+    print(f"jaxalign: generated {name} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return builder
 
 
