@@ -82,6 +82,20 @@ def _png(image: np.ndarray) -> np.ndarray:
     return np.asarray(PIL.Image.open(io.BytesIO(image)))
 
 
+def test_a_build_says_it_generates_and_nothing_of_downloads(tmp_path: Path, capfd):
+    """A first build prints two lines of its own (the data is generated here) and none of
+    tfds's: no "downloading" / "downloaded", no progress bars, no absl warnings."""
+    options = dict(num_train=16, num_validation=8, num_test=8)
+    prepare("shapes_captions", tmp_path, **options)
+    out, err = capfd.readouterr()
+    lines = [line for line in (out + err).splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith("jaxalign: generating"), lines
+    assert lines[1].startswith("jaxalign: generated shapes_captions in"), lines
+    assert "download" not in (out + err).lower()
+    prepare("shapes_captions", tmp_path, **options)  # already built: silent
+    assert capfd.readouterr() == ("", "")
+
+
 def test_registry_lists_both_datasets():
     assert set(BUILTIN) == set(NAMES)
 

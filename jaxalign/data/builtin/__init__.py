@@ -24,6 +24,7 @@ import io
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,24 +70,40 @@ def prepare(name: str, data_dir: str | os.PathLike, **config: Any) -> tfds.core.
     if name not in BUILTIN:
         raise ValueError(f"unknown built-in dataset {name!r}; choices: {sorted(BUILTIN)}")
     cls = BUILTIN[name]
-    builder = cls(
-        data_dir=os.fspath(data_dir),
-        config=cls.make_config(**config),
-        file_format="array_record",
-    )
-    if builder.is_prepared():
-        return builder
-    print(
-        f"jaxalign: generating the built-in dataset {name} in {builder.data_dir}", file=sys.stderr
-    )
+    with _quiet_tfds():  # a first build warns that its folder has no dataset_info.json yet
+        builder = cls(
+            data_dir=os.fspath(data_dir),
+            config=cls.make_config(**config),
+            file_format="array_record",
+        )
+        if builder.is_prepared():
+            return builder
+        where = builder.data_dir
+    print(f"jaxalign: generating the built-in dataset {name} in {where}", file=sys.stderr)
     started = time.perf_counter()
-    # tfds prints that it is "downloading" and has "downloaded" the data: it generates it here.
-    with contextlib.redirect_stdout(io.StringIO()):
+    # tfds would print that it is "downloading" and has "downloaded" the data, with a progress
+    # bar per split: it generates it here, in a few seconds.
+    with _quiet_tfds(), contextlib.redirect_stdout(io.StringIO()):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False)
         )
     print(f"jaxalign: generated {name} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return builder
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+    """tfds's progress bars off and its absl warnings hidden while the block runs."""
+    from absl import logging as absl_logging
+
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(True)
+        absl_logging.set_verbosity(verbosity)
 
 
 def caption_corpus(data_dir: str | os.PathLike, **config: Any) -> list[str]:
