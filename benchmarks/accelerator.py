@@ -47,7 +47,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--preset", default="vit_b16", help="a configs/clip.py preset")
     parser.add_argument("--batch", type=int, default=256, help="the step's global batch")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=5, help="at least 1: it compiles")
     parser.add_argument("--loss-dim", type=int, default=512)
     parser.add_argument("--loss-min-log2", type=int, default=12)
     parser.add_argument("--loss-max-log2", type=int, default=20)
@@ -56,6 +56,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--workers", default="0,8", help="worker_count values to measure")
     parser.add_argument("--budget-s", type=float, default=450.0, help="stop starting parts")
     args = parser.parse_args()
+    args.warmup = max(1, args.warmup)
     if args.cpu_smoke:  # the same code paths, sized for seconds on two CPU cores
         args.preset, args.batch, args.steps, args.warmup = "tiny", 16, 3, 1
         args.loss_dim, args.loss_min_log2, args.loss_max_log2 = 32, 6, 9
@@ -175,7 +176,8 @@ LOSS_HEADER = ["impl", "largest global batch that fits", "bytes (GiB)", "loss + 
 def _loss_budget() -> tuple[float, str]:
     stats = getattr(_device(), "memory_stats", lambda: None)()
     if stats and stats.get("bytes_limit"):
-        return 0.9 * stats["bytes_limit"], "90% of the device's bytes_limit"
+        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+        return 0.9 * free, "90% of the device's free memory (bytes_limit - bytes_in_use)"
     return ARGS.budget_gib * GIB, f"--budget-gib {ARGS.budget_gib}"
 
 
@@ -212,25 +214,44 @@ def _time_loss(compiled, mesh, batch: int) -> float:
     return statistics.median(times)
 
 
+def _largest_fitting(impl: str, budget: float) -> list[tuple[int, int]]:
+    """``(batch, bytes)`` of every power of two from the smallest up that compiles within
+    ``budget``; the search stops at the first that does not (or fails to compile, as an
+    out-of-memory while autotuning would)."""
+    fitting = []
+    for log2 in range(ARGS.loss_min_log2, ARGS.loss_max_log2 + 1):
+        if _over_budget():
+            break
+        try:
+            _, _, used = _compile_loss(impl, 2**log2)
+        except Exception as error:  # treated as "does not fit"
+            print(f"{impl} at {2**log2}: {type(error).__name__}: {error}", file=sys.stderr)
+            break
+        if used > budget:
+            break
+        fitting.append((2**log2, used))
+    return fitting
+
+
 def loss_table() -> Table:
     budget, _ = _loss_budget()
     rows = []
     for impl in objectives.contrastive.IMPLS:
-        best = None
-        for log2 in range(ARGS.loss_min_log2, ARGS.loss_max_log2 + 1):
+        fitting = _largest_fitting(impl, budget)
+        row = [impl, f"< {2**ARGS.loss_min_log2}", "-", "-"]
+        for batch, used in reversed(fitting[-2:]):  # the largest; the one below if it fails
             if _over_budget():
                 break
-            compiled, mesh, used = _compile_loss(impl, 2**log2)
-            if used > budget:
+            capped = " (search's cap)" if batch == 2**ARGS.loss_max_log2 else ""
+            row = [impl, f"{batch:,}{capped}", f"{used / GIB:.2f}", "-"]
+            try:
+                compiled, mesh, _ = _compile_loss(impl, batch)
+                row[3] = f"{1e3 * _time_loss(compiled, mesh, batch):,.1f}"
                 break
-            best = (2**log2, compiled, mesh, used)
-        if best is None:
-            rows.append([impl, f"< {2**ARGS.loss_min_log2}", "-", "-"])
-            continue
-        batch, compiled, mesh, used = best
-        capped = " (search's cap)" if batch == 2**ARGS.loss_max_log2 else ""
-        seconds = _time_loss(compiled, mesh, batch)
-        rows.append([impl, f"{batch:,}{capped}", f"{used / GIB:.2f}", f"{1e3 * seconds:,.1f}"])
+            except Exception as error:  # e.g. out of memory at run time: one size down
+                print(f"{impl} at {batch}: {type(error).__name__}: {error}", file=sys.stderr)
+                row[1] += " (ran out at run time)"
+        rows.append(row)
     return LOSS_HEADER, rows
 
 
@@ -276,26 +297,40 @@ def _markdown(table: Table) -> str:
 
 
 def main() -> None:
+    """Writes each part as soon as it is measured (to stdout and ``--out``), so a run stopped
+    by a time limit keeps what it had."""
     device = _device()
     _, budget_note = _loss_budget()
     command = "bash benchmarks/accelerator.sh" + (" --cpu-smoke" if ARGS.cpu_smoke else "")
-    sections = [
-        f"# jaxalign on {device.device_kind} ({device.platform})\n",
-        f"`{command}`, {datetime.date.today()}, jax {jax.__version__}, host "
-        f"{platform.processor() or platform.machine()} with {os.cpu_count()} cores.\n",
-        f"## Train step: `configs/clip.py:{ARGS.preset}`, synthetic data, {ARGS.steps} steps\n",
-        _markdown(_guarded(step_table, STEP_HEADER)) + "\n",
-        f"## Largest loss batch on one device (CLIP InfoNCE, dim {ARGS.loss_dim}, float32; "
-        f"budget: {budget_note})\n",
-        _markdown(_guarded(loss_table, LOSS_HEADER)) + "\n",
-        "## Input pipeline on this host (JPEG decode, random resized crop, flip)\n",
-        _markdown(_guarded(pipeline_table, PIPELINE_HEADER)) + "\n",
-        f"Took {time.perf_counter() - STARTED:.0f} s.\n",
+    parts: list[Callable[[], str]] = [
+        lambda: (
+            f"# jaxalign on {device.device_kind} ({device.platform})\n\n"
+            f"`{command}`, {datetime.date.today()}, jax {jax.__version__}, host "
+            f"{platform.processor() or platform.machine()} with {os.cpu_count()} cores.\n"
+        ),
+        lambda: (
+            f"## Train step: `configs/clip.py:{ARGS.preset}`, synthetic data, "
+            f"{ARGS.steps} steps\n\n" + _markdown(_guarded(step_table, STEP_HEADER)) + "\n"
+        ),
+        lambda: (
+            f"## Largest loss batch on one device (CLIP InfoNCE, dim {ARGS.loss_dim}, "
+            f"float32; budget: {budget_note})\n\n"
+            + _markdown(_guarded(loss_table, LOSS_HEADER))
+            + "\n"
+        ),
+        lambda: (
+            "## Input pipeline on this host (JPEG decode, random resized crop, flip)\n\n"
+            + _markdown(_guarded(pipeline_table, PIPELINE_HEADER))
+            + "\n"
+        ),
+        lambda: f"Took {time.perf_counter() - STARTED:.0f} s.\n",
     ]
-    report = "\n".join(sections)
-    print(report)
     with open(ARGS.out, "w") as file:
-        file.write(report)
+        for part in parts:
+            text = part() + "\n"
+            print(text, flush=True)
+            file.write(text)
+            file.flush()
 
 
 if __name__ == "__main__":

@@ -134,9 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # transformers (tokenizers only: jaxalign needs no PyTorch) would otherwise advise on
-    # import that PyTorch was not found, in the first lines a new user reads.
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_overrides", False):

@@ -264,7 +264,9 @@ def _train(
                 state, note = _transfer(config, state, setup)
                 notes.append(note)
         compiled, flops = setup.compile_step()
-        objective_s = objective_seconds(getattr(task, "objective_probe", lambda: None)())
+        probe = getattr(task, "objective_probe", lambda: None)
+        # Every process times it (its collectives span them all); not for a finished run.
+        objective_s = objective_seconds(probe()) if start_step < config.train.steps else None
         if jax.process_index() == 0:  # the run starts: the config is its own now
             config_lib.save(config, workdir)
             _record_changes(workdir, start_step, changes)

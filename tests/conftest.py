@@ -64,8 +64,10 @@ def shared_compilation_cache():
 @pytest.fixture
 def lower_for_cuda(monkeypatch):
     """Lets jax lower cuDNN attention for CUDA on a CPU-only machine: the cuDNN version and
-    compute capability are asked of a GPU at trace time, so they are set (cuDNN 9.1, Hopper);
-    the kernel's own checks of shapes, dtype and mask form still run."""
+    compute capability are asked of a GPU at trace time, so they are set (cuDNN 9.1, a GPU of
+    compute capability 9.0 or later, not 10.3); the kernel's own checks of shapes, dtype and
+    mask form still run. These are jax-internal names (``jax._src.cudnn``): a jax that renames
+    them fails these tests loudly, not silently."""
     from jax._src.cudnn import fused_attention_stablehlo as fused
 
     monkeypatch.setattr(fused, "check_cudnn_version", lambda: 90100)

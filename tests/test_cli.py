@@ -20,15 +20,6 @@ def test_env_reports_devices_and_versions(capsys):
     assert report["backend"] == "cpu"
 
 
-def test_the_command_silences_transformers_advice_about_pytorch(monkeypatch, capsys):
-    """jaxalign needs transformers' tokenizers only, so the command turns off its advisory
-    warnings (e.g. "PyTorch was not found") before anything imports it."""
-    monkeypatch.delenv("TRANSFORMERS_NO_ADVISORY_WARNINGS", raising=False)
-    assert cli.main(["env"]) == 0
-    capsys.readouterr()
-    assert os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] == "1"
-
-
 def test_console_script_is_installed():
     script = shutil.which("jaxalign") or os.path.join(os.path.dirname(sys.executable), "jaxalign")
     if not os.path.exists(script):

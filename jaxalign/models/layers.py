@@ -141,11 +141,25 @@ def fused_attention_accepts(head_dim: int, dtype: Dtype) -> bool:
     return half and head_dim % 8 == 0 and head_dim <= 128
 
 
-def attention_implementation(head_dim: int, dtype: Dtype, backend: str | None = None) -> str:
-    """``"cudnn"`` on a GPU (``backend``, default ``jax.default_backend()``) for heads the fused
-    kernel takes, else ``"xla"``."""
-    backend = backend or jax.default_backend()
-    return "cudnn" if backend == "gpu" and fused_attention_accepts(head_dim, dtype) else "xla"
+def fused_attention_device() -> bool:
+    """Whether this process's devices run cuDNN's fused attention: NVIDIA GPUs (CUDA) of
+    compute capability 8.0 or later (Ampere, Hopper, ...). ROCm GPUs and older NVIDIA ones
+    do not."""
+    device = jax.devices()[0]
+    capability = getattr(device, "compute_capability", None)
+    try:
+        major, minor = (int(part) for part in str(capability).split(".")[:2])
+    except ValueError:  # None, or a ROCm "gfx90a"
+        return False
+    return device.platform == "gpu" and (major, minor) >= (8, 0)
+
+
+def attention_implementation(head_dim: int, dtype: Dtype, fused_device: bool | None = None) -> str:
+    """``"cudnn"`` on a device that runs the fused kernel (``fused_device``, by default
+    ``fused_attention_device()``) for heads it takes, else ``"xla"``."""
+    if fused_device is None:
+        fused_device = fused_attention_device()
+    return "cudnn" if fused_device and fused_attention_accepts(head_dim, dtype) else "xla"
 
 
 def dot_product_attention(
@@ -162,7 +176,8 @@ def dot_product_attention(
     padding, as jaxalign's tokenizers give), or None. With ``implementation="xla"`` it is a
     key mask; otherwise (``"cudnn"``) the sequences are padded to a multiple of
     ``FUSED_LENGTH_MULTIPLE`` and the mask becomes the keys' sequence lengths (the same
-    result, as ``tests/models/test_towers.py`` checks through XLA).
+    result, as ``tests/models/test_attention.py`` checks through XLA; a row with no real token
+    attends to its first key instead of to all keys evenly).
     """
     if implementation == "xla":
         key_mask = None if mask is None else mask[:, None, None, :].astype(bool)  # [b, 1, 1, s]
@@ -179,8 +194,8 @@ def padded_attention(q, k, v, mask, causal, implementation):
     batch, queries, keys = q.shape[0], q.shape[1], k.shape[1]
     if mask is None:
         lengths = jnp.full((batch,), keys, jnp.int32)
-    else:
-        lengths = jnp.sum(mask.astype(jnp.int32), axis=-1)
+    else:  # at least 1: a row with no key at all would divide by zero in the kernel
+        lengths = jnp.maximum(jnp.sum(mask, axis=-1, dtype=jnp.int32), 1)
 
     def pad(t: jax.Array) -> jax.Array:
         extra = -t.shape[1] % FUSED_LENGTH_MULTIPLE
@@ -340,6 +355,8 @@ class MAPHead(nn.Module):
         q = dense(shape, names, dtype=self.dtype, name="q")(query)
         k = dense(shape, names, dtype=self.dtype, name="k")(x)
         v = dense(shape, names, dtype=self.dtype, name="v")(x)
+        heads = ("act_batch", "act_length", "act_heads", "act_kv")  # one sharding for all three
+        q, k, v = (nn.with_logical_constraint(t, heads) for t in (q, k, v))
         pooled = dot_product_attention(
             q, k, v, None, False, attention_implementation(head_dim, self.dtype)
         )

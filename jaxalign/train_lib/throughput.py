@@ -3,8 +3,10 @@
 The FLOPs of one step come from XLA's cost analysis of the compiled, partitioned program (what
 one device runs); utilisation divides the achieved FLOP/s per device by the device's peak. The
 peaks are the vendors' dense bfloat16 matrix figures; a device not in ``PEAK_FLOPS`` (a CPU, for
-one) gets FLOP/s and no utilisation. XLA counts every operation it runs, rematerialised forward
-passes included, so with ``model.remat`` the figure is closer to hardware than to model FLOPs.
+one) gets FLOP/s and no utilisation. XLA counts the operations it compiles, rematerialised
+forward passes included, so with ``model.remat`` the figure is closer to hardware than to model
+FLOPs; a library kernel it calls (cuDNN's fused attention on a GPU) may be counted as nothing,
+which would leave attention out of the figure there (not yet checked on a GPU).
 
 Where the time goes, per logged interval (shares of its wall time, between 0 and 1):
 
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 # Dense bfloat16 peak FLOP/s per device, from the vendors' data sheets, keyed by a substring of
 # ``jax.Device.device_kind`` (checked in order; the first match wins).
@@ -84,10 +87,7 @@ def objective_seconds(
     leaves, tree = jax.tree.flatten(inputs)
     keys = jax.random.split(jax.random.key(0), len(leaves))
     values = [
-        jax.jit(
-            lambda k, s=s: jax.random.normal(k, s.shape, s.dtype) / s.shape[-1] ** 0.5,
-            out_shardings=s.sharding,
-        )(k)
+        jax.jit(lambda k, s=s: _random_like(k, s), out_shardings=s.sharding)(k)
         for k, s in zip(keys, leaves, strict=True)
     ]
     args = jax.tree.unflatten(tree, values)
@@ -98,6 +98,15 @@ def objective_seconds(
         jax.block_until_ready(grad(args))
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _random_like(key: jax.Array, spec: jax.ShapeDtypeStruct) -> jax.Array:
+    """Normal values scaled by 1/sqrt(last dim) (about unit rows), or zeros for an integer
+    spec."""
+    if not jnp.issubdtype(spec.dtype, jnp.floating):
+        return jnp.zeros(spec.shape, spec.dtype)
+    scale = spec.shape[-1] ** -0.5 if spec.shape else 1.0
+    return jax.random.normal(key, spec.shape, spec.dtype) * scale
 
 
 class Throughput:

@@ -58,12 +58,38 @@ def test_the_padded_form_equals_the_masked_one(queries, keys, causal, masked):
 
 def test_gpus_get_the_fused_kernel_for_half_precision_heads_it_takes():
     bf16 = jnp.bfloat16
-    assert layers.attention_implementation(64, bf16, backend="gpu") == "cudnn"
-    assert layers.attention_implementation(64, jnp.float16, backend="gpu") == "cudnn"
-    assert layers.attention_implementation(64, jnp.float32, backend="gpu") == "xla"
-    assert layers.attention_implementation(60, bf16, backend="gpu") == "xla"  # not 8k
-    assert layers.attention_implementation(64, bf16, backend="cpu") == "xla"
-    assert layers.attention_implementation(64, bf16, backend="tpu") == "xla"
+    assert layers.attention_implementation(64, bf16, fused_device=True) == "cudnn"
+    assert layers.attention_implementation(64, jnp.float16, fused_device=True) == "cudnn"
+    assert layers.attention_implementation(64, jnp.float32, fused_device=True) == "xla"
+    assert layers.attention_implementation(60, bf16, fused_device=True) == "xla"  # not 8k
+    assert layers.attention_implementation(64, bf16, fused_device=False) == "xla"
+    assert not layers.fused_attention_device()  # these CPU devices
+    assert layers.attention_implementation(64, bf16) == "xla"
+
+
+@pytest.mark.parametrize(
+    ("platform", "capability", "fused"),
+    [
+        ("gpu", "9.0", True),
+        ("gpu", "8.0", True),
+        ("gpu", "7.0", False),
+        ("gpu", "gfx90a", False),
+        ("gpu", None, False),
+        ("tpu", None, False),
+    ],
+)
+def test_the_fused_kernel_needs_an_nvidia_gpu_from_ampere_on(
+    monkeypatch, platform, capability, fused
+):
+    """H100 / H200 (9.0) and A100 (8.0) run it; V100 (7.0), ROCm GPUs and TPUs do not."""
+
+    class Device:
+        pass
+
+    device = Device()
+    device.platform, device.compute_capability = platform, capability
+    monkeypatch.setattr(layers.jax, "devices", lambda *args: [device])
+    assert layers.fused_attention_device() is fused
 
 
 def _kernel_calls(text: str) -> dict[str, int]:

@@ -51,7 +51,7 @@ def test_bfloat16_towers_run_bfloat16_matmuls_and_fused_attention(lower_for_cuda
     form run while tracing; ``tests/models/test_attention.py`` shows the kernel's calls in
     the lowered program). Under a mesh jax wraps the kernel in ``custom_partitioning``, so the
     step's program holds one ``CustomSPMDPartitioning`` call per attention and direction."""
-    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")  # as on a GPU host
+    monkeypatch.setattr(layers, "fused_attention_device", lambda: True)  # as on an H100
     asked = []
     attention = jax.nn.dot_product_attention
 
