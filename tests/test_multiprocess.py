@@ -42,6 +42,10 @@ OVERRIDES = {
 }
 LAYOUTS = {"1x8": (1, 8), "2x4": (2, 4), "4x2": (4, 2)}  # processes x devices per process
 
+# A hang guard for each multi-process run, not a speed bound: a 4-process run that takes 64 s
+# alone took over 300 s once while the other test worker compiled beside it on 2 cores.
+HANG_S = 600
+
 
 def _free_port() -> int:
     import socket
@@ -106,19 +110,19 @@ def runs(builtin_data_dir, tmp_path_factory, shared_compilation_cache):
     command, env = _launch("2x4", builtin_data_dir, base / "2x4", base / "logs_2x4")
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env)  # fmt: skip
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + HANG_S
     while _logged(base / "2x4") < 2 and launcher.poll() is None:
         assert time.monotonic() < deadline, "the two processes never reached step 2"
         time.sleep(0.05)
     os.kill(int((base / "logs_2x4" / "process_1.pid").read_text()), signal.SIGTERM)
-    _, stopped_err = launcher.communicate(timeout=240)
+    _, stopped_err = launcher.communicate(timeout=HANG_S)
     stop = {"returncode": launcher.returncode, "stderr": stopped_err,
             "step": _logged(base / "2x4"), "checkpoints": _checkpoints(base / "2x4")}  # fmt: skip
-    restart = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    restart = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HANG_S)
     process_1 = (base / "logs_2x4" / "process_1.log").read_text()
 
     command, env = _launch("4x2", builtin_data_dir, base / "4x2", base / "logs_4x2")
-    four = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    four = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HANG_S)
     assert four.returncode == 0, four.stderr[-3000:]
     return {"base": base, "summary": summary, "batches": batches, "stop": stop,
             "restart": restart, "process_1_log": process_1}  # fmt: skip
@@ -190,7 +194,7 @@ def test_elastic_resume(runs, builtin_data_dir, tmp_path, source, target, monkey
     else:
         python = restore_probe.probe_interpreter(probe)
         command, env = _launch(target, builtin_data_dir, workdir, tmp_path / "logs", python)
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HANG_S)
         assert result.returncode == 0, result.stderr[-3000:]
         out = result.stdout
     assert f"resumed from checkpoint {K}" in out
