@@ -214,22 +214,24 @@ def _time_loss(compiled, mesh, batch: int) -> float:
     return statistics.median(times)
 
 
-def _largest_fitting(impl: str, budget: float) -> list[tuple[int, int]]:
-    """``(batch, bytes)`` of every power of two from the smallest up that compiles within
-    ``budget``; the search stops at the first that does not (or fails to compile, as an
-    out-of-memory while autotuning would)."""
+def _largest_fitting(impl: str, budget: float) -> list[tuple[int, int, object, object]]:
+    """``(batch, bytes, compiled, mesh)`` of the two largest powers of two, searched from the
+    smallest up, whose compiled loss + gradient fits ``budget``; the search stops at the first
+    that does not (or fails to compile, as an out-of-memory while autotuning would). The
+    compiled programs are kept, so the timed sizes are not compiled again."""
     fitting = []
     for log2 in range(ARGS.loss_min_log2, ARGS.loss_max_log2 + 1):
         if _over_budget():
             break
         try:
-            _, _, used = _compile_loss(impl, 2**log2)
+            compiled, mesh, used = _compile_loss(impl, 2**log2)
         except Exception as error:  # treated as "does not fit"
             print(f"{impl} at {2**log2}: {type(error).__name__}: {error}", file=sys.stderr)
             break
         if used > budget:
             break
-        fitting.append((2**log2, used))
+        fitting.append((2**log2, used, compiled, mesh))
+        fitting = fitting[-2:]  # only the two largest are timed (see loss_table)
     return fitting
 
 
@@ -239,13 +241,12 @@ def loss_table() -> Table:
     for impl in objectives.contrastive.IMPLS:
         fitting = _largest_fitting(impl, budget)
         row = [impl, f"< {2**ARGS.loss_min_log2}", "-", "-"]
-        for batch, used in reversed(fitting[-2:]):  # the largest; the one below if it fails
+        for batch, used, compiled, mesh in reversed(fitting):  # the largest; the one below
             if _over_budget():
                 break
             capped = " (search's cap)" if batch == 2**ARGS.loss_max_log2 else ""
             row = [impl, f"{batch:,}{capped}", f"{used / GIB:.2f}", "-"]
             try:
-                compiled, mesh, _ = _compile_loss(impl, batch)
                 row[3] = f"{1e3 * _time_loss(compiled, mesh, batch):,.1f}"
                 break
             except Exception as error:  # e.g. out of memory at run time: one size down
