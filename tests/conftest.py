@@ -14,12 +14,18 @@ if "jax" in sys.modules:
     )
 from tests.xla_flags import with_devices  # imports nothing, so jax is still not imported
 
+# The suite starts many Python processes (trainers, multi-process launches). Where the
+# environment sets PYTHONDONTWRITEBYTECODE (some CI images do), each of them would compile every
+# module it imports from source again, about 8 s of CPU per process: the tests write (and so
+# reuse) bytecode caches, in this process and in the ones it starts.
+os.environ["PYTHONDONTWRITEBYTECODE"] = ""  # empty: unset, for the processes started here
+sys.dont_write_bytecode = False
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), with_devices(8)]).strip()
 
-import jax
-import pytest
-from hypothesis import settings
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 # Each hypothesis example may compile; keep the profile small and free of wall-clock deadlines.
 settings.register_profile("jaxalign", max_examples=25, deadline=None, derandomize=True)
