@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -74,15 +72,11 @@ def run_parallel(jobs: int, runs: dict[Any, Callable[[], dict]]) -> dict[Any, di
 
 def interval(values: list[float]) -> tuple[float, float, float, float]:
     """``(mean, std, low, high)``: sample standard deviation (ddof 1) and the 95% Student-t
-    interval of the mean, ``mean +- t_{0.975, n-1} std / sqrt(n)`` (``nan`` for one value)."""
-    from scipy import stats
+    interval of the mean (``jaxalign.studies.statistics``; ``nan`` for one value)."""
+    from jaxalign.studies.statistics import summarize
 
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return mean, math.nan, math.nan, math.nan
-    std = statistics.stdev(values)
-    half = stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
-    return mean, std, mean - half, mean + half
+    summary = summarize(values)
+    return summary.mean, summary.std, summary.interval.low, summary.interval.high
 
 
 def cell(values: list[float], scale: float = 100.0) -> str:

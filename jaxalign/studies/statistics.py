@@ -42,7 +42,7 @@ class Interval:
 @dataclasses.dataclass(frozen=True)
 class CellSummary:
     """One cell's figure over its seeds: mean, sample standard deviation (ddof 1), count and
-    the mean's interval (NaN-wide with a single seed)."""
+    the mean's interval (both NaN with a single seed)."""
 
     mean: float
     std: float
@@ -124,10 +124,10 @@ def mean_interval(
 def summarize(
     values: Sequence[float] | np.ndarray, *, confidence: float = 0.95, method: str = "t"
 ) -> CellSummary:
-    """Mean, standard deviation (ddof 1; 0 for one seed), count and interval of ``values``
+    """Mean, standard deviation (ddof 1; NaN for one seed), count and interval of ``values``
     ``[seeds]``."""
     array = seed_values(values)
-    std = float(array.std(ddof=1)) if array.size > 1 else 0.0
+    std = float(array.std(ddof=1)) if array.size > 1 else float("nan")
     interval = mean_interval(array, confidence=confidence, method=method)
     return CellSummary(float(array.mean()), std, int(array.size), interval)
 

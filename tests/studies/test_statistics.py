@@ -23,7 +23,7 @@ def test_t_interval_is_students():
 
 
 def test_one_seed_and_equal_seeds():
-    assert np.isnan(st.mean_interval([0.5]).low) and st.summarize([0.5]).std == 0.0
+    assert np.isnan(st.mean_interval([0.5]).low) and np.isnan(st.summarize([0.5]).std)
     interval = st.mean_interval([0.5, 0.5, 0.5], method="bca")
     assert (interval.low, interval.high) == (0.5, 0.5)
 
