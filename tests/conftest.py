@@ -85,27 +85,3 @@ def lower_for_cuda(monkeypatch):
         return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
     return lower
-
-
-# The heaviest test files, heaviest first (seconds of one xdist worker, measured on 2 cores,
-# 2026-12-02): pytest-xdist's ``--dist loadfile`` hands files out in collection order, so a
-# heavy file collected late runs alone at the end. Started first, the others fill in beside it.
-HEAVY_FIRST = (
-    "tests/test_multiprocess.py",  # ~370 s: seven multi-process launches
-    "tests/tasks/test_clip_adapt.py",
-    "tests/tasks/test_mlm.py",
-    "tests/tasks/test_reconstruction.py",
-    "tests/tasks/test_adapt.py",
-    "tests/test_train.py",
-    "tests/test_reliability.py",
-    "tests/tasks/test_classify.py",
-    "tests/train_lib/test_step.py",
-    "tests/tasks/test_simclr.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Collects the ``HEAVY_FIRST`` files first, in that order; the rest keep theirs."""
-    rank = {path: n for n, path in enumerate(HEAVY_FIRST)}
-    root = config.rootpath
-    items.sort(key=lambda item: rank.get(item.path.relative_to(root).as_posix(), len(rank)))
