@@ -5,6 +5,7 @@ jaxalign train --config=configs/clip.py:demo --workdir=runs/demo [--config.KEY=V
     multi-process: JAXALIGN_* or SLURM variables, or --coordinator / --num-processes /
     --process-id, or --distributed (TPU pods); see jaxalign.parallel.distributed and launch/
 jaxalign eval --workdir=runs/demo   # the run's evals again, from its newest checkpoint
+jaxalign study --config=configs/studies/X.py --workdir=studies/X [--status | --print-launch]
 jaxalign env                        # versions, devices, processes and commit, as JSON
 
 Exit status: 0 done; 2 a user error: a bad command line or config, missing or bad data or files,
@@ -92,6 +93,33 @@ def _eval(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    from jaxalign import train
+    from jaxalign.studies import study as study_lib
+
+    try:
+        study = study_lib.load_study(args.config)
+        if args.print_launch is not None:
+            launcher = args.print_launch.split() if args.print_launch else []
+            print("\n".join(study_lib.launch_commands(study, args.workdir, launcher)))
+            return 0
+        if args.status:
+            by_state = study_lib.status(study, args.workdir)
+            print(", ".join(f"{len(by_state[s])} {s}" for s in study_lib.STATES))
+            return 0
+        final = study_lib.run_study(
+            study, args.workdir, train.train_and_evaluate, retry_failed=args.retry_failed
+        )
+    except (ValueError, train.UserError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except train.Preempted as stop:
+        print(f"{stop}; run the same command again to go on", file=sys.stderr)
+        return train.PREEMPTED_EXIT_CODE
+    print(", ".join(f"{len(final[s])} {s}" for s in study_lib.STATES))
+    return 1 if final["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxalign", description="Representation learning over the global batch."
@@ -123,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="the config file that defines the run's task, if it is not built in"
     )
     evaluate.set_defaults(run=_eval)
+    study = commands.add_parser(
+        "study", help="run a study's grid of configs x seeds (resumes; skips finished runs)"
+    )
+    study.add_argument("--config", required=True, help="a study file, configs/studies/*.py")
+    study.add_argument("--workdir", required=True, help="the study's directory")
+    study.add_argument("--status", action="store_true", help="count runs by state and stop")
+    study.add_argument("--retry-failed", action="store_true", help="train failed runs again")
+    study.add_argument(
+        "--print-launch",
+        nargs="?",
+        const="",
+        metavar="LAUNCHER",
+        help="print a `jaxalign train` command per run not done (after LAUNCHER, e.g. "
+        "'launch/local.sh 1 --') instead of training",
+    )
+    study.set_defaults(run=_study)
     for command in (train, evaluate):
         command.add_argument(
             "--progress",

@@ -1,0 +1,236 @@
+"""A study: one base config x a grid of named override axes x seeds, each run in its own work
+directory, run one after another; resumable and failure-tolerant.
+
+A study file (``configs/studies/*.py``) defines ``get_study() -> ml_collections.ConfigDict``:
+
+- ``base``: the config spec every run starts from (``"configs/adapt_digits.py:tiny"``; a
+  relative path is read from the current directory, as ``--config`` is);
+- ``overrides``: ``"KEY=VALUE"`` strings for every run;
+- ``axes``: ``{axis: {value name: ("KEY=VALUE", ...)}}``; a cell is one value name per axis;
+- ``seeds``: the seeds each cell runs with (``seed=<s>`` is added last);
+- ``metrics``: ``({"key": <summary.json key>, "label": ..., "oracle": bool}, ...)``; an oracle
+  figure (selected or measured on target labels) is marked as such in the report;
+- ``baseline``: the cell the others are compared with (``"axis=value,..."``), or ``""``.
+
+Layout of ``--workdir=DIR``: ``DIR/runs/<hash>/`` is one run's work directory, named by the
+first 12 hex digits of the SHA-256 of its resolved config (``config.json``'s content);
+``DIR/runs/<hash>.json`` records its cell, seed and overrides, ``DIR/runs/<hash>.error.json``
+why it failed; ``DIR/names/<cell>/seed_<s>`` links to it by a readable name. A run counts as
+done when its ``summary.json`` says it was not stopped, running while a live process holds its
+work-directory lock, failed while its error file is there, else pending.
+Running the study again trains the pending runs (a run with checkpoints resumes from them) and
+leaves done and failed ones alone (``retry_failed`` retries the failed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jaxalign import config as config_lib
+
+STATES = ("done", "running", "failed", "pending")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One cell x seed: its overrides on the base config and its directory name."""
+
+    cell: str  # "axis=value,axis=value" in the order of the axes
+    seed: int
+    overrides: tuple[str, ...]
+    hash: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A loaded study file (see the module docstring for the keys)."""
+
+    base: str
+    overrides: tuple[str, ...]
+    axes: dict[str, dict[str, tuple[str, ...]]]
+    seeds: tuple[int, ...]
+    metrics: tuple[dict[str, Any], ...]
+    baseline: str
+
+    @property
+    def cells(self) -> list[str]:
+        """Every cell name, the last axis varying fastest."""
+        names = [""]
+        for axis, values in self.axes.items():
+            names = [f"{n},{axis}={v}".lstrip(",") for n in names for v in values]
+        return names
+
+    def cell_overrides(self, cell: str) -> tuple[str, ...]:
+        chosen = dict(part.split("=", 1) for part in cell.split(",") if part)
+        return tuple(o for axis, value in chosen.items() for o in self.axes[axis][value])
+
+
+def load_study(path: str) -> Study:
+    """The study file ``path`` -> ``Study``; raises ValueError naming the file and the key."""
+    module, _ = config_lib.import_config_file(path)
+    if not hasattr(module, "get_study"):
+        raise ValueError(f"{path}: a study file defines get_study()")
+    raw = module.get_study()
+    missing = [k for k in ("base", "axes", "seeds", "metrics") if k not in raw]
+    if missing:
+        raise ValueError(f"{path}: get_study() has no {missing}")
+    axes = {
+        str(axis): {str(name): tuple(map(str, overrides)) for name, overrides in values.items()}
+        for axis, values in dict(raw["axes"]).items()
+    }
+    for axis, values in axes.items():
+        if not values or any("," in n or "=" in n for n in values):
+            raise ValueError(f"{path}: axes.{axis} needs value names without ',' or '='")
+    seeds = tuple(int(s) for s in raw["seeds"])
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"{path}: seeds must be distinct and at least one; got {seeds}")
+    metrics = tuple(dict(m) for m in raw["metrics"])
+    for m in metrics:
+        if "key" not in m:
+            raise ValueError(f"{path}: every metric needs a 'key' (a summary.json key): {m}")
+        m.setdefault("label", m["key"])
+        m.setdefault("oracle", False)
+    study = Study(
+        base=str(raw["base"]),
+        overrides=tuple(map(str, raw.get("overrides", ()))),
+        axes=axes,
+        seeds=seeds,
+        metrics=metrics,
+        baseline=str(raw.get("baseline", "") or ""),
+    )
+    if study.baseline and study.baseline not in study.cells:
+        raise ValueError(f"{path}: baseline {study.baseline!r} is not a cell of {study.cells}")
+    return study
+
+
+def expand(study: Study) -> list[Run]:
+    """Every cell x seed, each with its resolved config's hash (validated: a bad override
+    raises here, naming the key, before anything runs)."""
+    runs = []
+    for cell in study.cells:
+        for seed in study.seeds:
+            overrides = (*study.overrides, *study.cell_overrides(cell), f"seed={seed}")
+            resolved = config_lib.to_dict(config_lib.load(study.base, overrides))
+            text = json.dumps(resolved, sort_keys=True, default=str)
+            digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+            runs.append(Run(cell, seed, overrides, digest))
+    return runs
+
+
+def run_dir(workdir: str, run: Run) -> str:
+    return os.path.join(workdir, "runs", run.hash)
+
+
+def state_of(path: str) -> str:
+    """``done``, ``running``, ``failed`` or ``pending`` (see the module docstring)."""
+    summary = os.path.join(path, "summary.json")
+    if os.path.isfile(summary):
+        with open(summary) as f:
+            if json.load(f).get("stopped") is None:
+                return "done"
+    if _locked(os.path.join(path, "jaxalign-run.lock")):
+        return "running"
+    if os.path.isfile(path + ".error.json"):
+        return "failed"
+    return "pending"
+
+
+def _locked(lock_path: str) -> bool:
+    """Whether a live process holds the run's work-directory lock (``train_lib.workdir``)."""
+    if not os.path.isfile(lock_path):
+        return False
+    with open(lock_path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def status(study: Study, workdir: str) -> dict[str, list[Run]]:
+    """The study's runs by state (``STATES``)."""
+    by_state: dict[str, list[Run]] = {s: [] for s in STATES}
+    for run in expand(study):
+        by_state[state_of(run_dir(workdir, run))].append(run)
+    return by_state
+
+
+def _prepare(workdir: str, run: Run) -> str:
+    """The run's record (``runs/<hash>.json``) and readable-name link; its directory's path
+    (left for the trainer to create)."""
+    path = run_dir(workdir, run)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".json", "w") as f:
+        json.dump(dataclasses.asdict(run), f, indent=2)
+    link = os.path.join(workdir, "names", run.cell.replace("/", "_"), f"seed_{run.seed}")
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if not os.path.lexists(link):
+        os.symlink(os.path.relpath(path, os.path.dirname(link)), link)
+    return path
+
+
+def run_study(
+    study: Study,
+    workdir: str,
+    train: Callable[[Any, str], dict[str, Any]],
+    *,
+    retry_failed: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[Run]]:
+    """Trains every pending run (and failed ones with ``retry_failed``) one after another with
+    ``train(config, run_dir)`` (``jaxalign.train.train_and_evaluate``); a run that raises gets
+    ``runs/<hash>.error.json`` (type, message, traceback) and the study goes on. Returns the
+    final status.
+    ``KeyboardInterrupt`` and the trainer's SIGTERM stop (``Preempted``) end the study."""
+    from jaxalign.train_lib.loop import Preempted
+
+    runs = expand(study)
+    todo = [r for r in runs if state_of(run_dir(workdir, r)) in (
+        ("pending", "failed") if retry_failed else ("pending",))]  # fmt: skip
+    log(f"study: {len(runs)} runs, {len(todo)} to train, in {workdir}")
+    for n, run in enumerate(todo, 1):
+        path = _prepare(workdir, run)
+        error = path + ".error.json"
+        if os.path.exists(error):
+            os.remove(error)
+        log(f"study: run {n}/{len(todo)}: {run.cell} seed {run.seed} -> runs/{run.hash}")
+        try:
+            train(config_lib.load(study.base, run.overrides), path)
+        except (KeyboardInterrupt, Preempted):
+            raise
+        except Exception as failure:  # any failure of one run: recorded, the study goes on
+            with open(error, "w") as f:
+                json.dump({"type": type(failure).__name__, "message": str(failure),
+                           "traceback": traceback.format_exc()}, f, indent=2)  # fmt: skip
+            log(
+                f"study: run {run.cell} seed {run.seed} failed: {type(failure).__name__}: {failure}"
+            )
+    return status(study, workdir)
+
+
+def launch_commands(study: Study, workdir: str, launcher: Sequence[str] = ()) -> list[str]:
+    """One ``jaxalign train`` command line per run that is not done, after ``launcher`` (e.g.
+    ``("sbatch", "launch/slurm_gpu.sbatch")``), for a cluster to run them in parallel."""
+    lines = []
+    for run in expand(study):
+        path = run_dir(workdir, run)
+        if state_of(path) == "done":
+            continue
+        words = [*launcher, "jaxalign", "train", f"--config={study.base}", f"--workdir={path}"]
+        words += [f"--config.{o}" for o in run.overrides]
+        lines.append(" ".join(_quote(w) for w in words))
+    return lines
+
+
+def _quote(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)
