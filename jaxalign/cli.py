@@ -116,7 +116,10 @@ def _study(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     except train.Preempted as stop:
         print(f"{stop}; run the same command again to go on", file=sys.stderr)
         return train.PREEMPTED_EXIT_CODE
+    from jaxalign.studies import report
+
     print(", ".join(f"{len(final[s])} {s}" for s in study_lib.STATES))
+    print("report: " + ", ".join(report.write_report(study, args.workdir)))
     return 1 if final["failed"] else 0
 
 

@@ -10,7 +10,9 @@ A study file (``configs/studies/*.py``) defines ``get_study() -> ml_collections.
 - ``seeds``: the seeds each cell runs with (``seed=<s>`` is added last);
 - ``metrics``: ``({"key": <summary.json key>, "label": ..., "oracle": bool}, ...)``; an oracle
   figure (selected or measured on target labels) is marked as such in the report;
-- ``baseline``: the cell the others are compared with (``"axis=value,..."``), or ``""``.
+- ``baseline``: the cell the others are compared with (``"axis=value,..."``), or ``""``;
+- ``task_axis``: optional, an axis whose values are tasks (domain pairs, datasets): the report
+  then compares the other axes' cells across them (``report``).
 
 Layout of ``--workdir=DIR``: ``DIR/runs/<hash>/`` is one run's work directory, named by the
 first 12 hex digits of the SHA-256 of its resolved config (``config.json``'s content);
@@ -58,6 +60,7 @@ class Study:
     seeds: tuple[int, ...]
     metrics: tuple[dict[str, Any], ...]
     baseline: str
+    task_axis: str = ""
 
     @property
     def cells(self) -> list[str]:
@@ -104,7 +107,10 @@ def load_study(path: str) -> Study:
         seeds=seeds,
         metrics=metrics,
         baseline=str(raw.get("baseline", "") or ""),
+        task_axis=str(raw.get("task_axis", "") or ""),
     )
+    if study.task_axis and study.task_axis not in axes:
+        raise ValueError(f"{path}: task_axis {study.task_axis!r} is not an axis: {list(axes)}")
     if study.baseline and study.baseline not in study.cells:
         raise ValueError(f"{path}: baseline {study.baseline!r} is not a cell of {study.cells}")
     return study

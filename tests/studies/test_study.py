@@ -4,13 +4,16 @@ launch lines."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 from jaxalign import cli
+from jaxalign.studies import report, statistics
 from jaxalign.studies import study as study_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -64,6 +67,19 @@ def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys)
                 and json.loads((path / "config.json").read_text())["seed"] == run.seed
             )
 
+    # The report: the finished cell over its two seeds, the failed one with its error.
+    summaries = [json.loads((workdir / "runs" / r.hash / "summary.json").read_text())
+                 for r in runs if r.cell == "batch=b16"]  # fmt: skip
+    values = [s["eval/zeroshot_top1"] for s in summaries]
+    with open(workdir / "results.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["cell"], row["metric"], row["n"]) == ("batch=b16", "zero-shot top-1", "2")
+    assert float(row["mean"]) == pytest.approx(np.mean(values))
+    assert float(row["std"]) == pytest.approx(np.std(values, ddof=1))
+    report = (workdir / "report.md").read_text()
+    assert "## Failed runs" in report and "batch=b12, seed 0: ConfigError" in report
+    assert "\\begin{tabular}" in (workdir / "results.tex").read_text()
+
     # A run cut short (its summary gone, its checkpoint kept) is the only one trained again.
     done = [r for r in runs if r.cell == "batch=b16"]
     os.remove(workdir / "runs" / done[0].hash / "summary.json")
@@ -85,3 +101,49 @@ def test_a_bad_study_file_is_named(tmp_path, capsys):
     path.write_text("def get_study():\n    return dict(base='configs/clip.py:tiny', seeds=(0,))\n")
     assert cli.main(["study", f"--config={path}", f"--workdir={tmp_path / 's'}"]) == 2
     assert f"{path}: get_study() has no ['axes', 'metrics']" in capsys.readouterr().err
+
+
+GRID = """
+def get_study():
+    return dict(
+        base="{base}",
+        axes={{"method": {{"a": ("optim.lr=0.001",), "b": ("optim.lr=0.002",)}},
+               "task": {{"t1": ("train.steps=3",), "t2": ("train.steps=4",)}}}},
+        seeds=(0, 1, 2),
+        metrics=({{"key": "eval/top1", "label": "top-1"}},
+                 {{"key": "select/oracle/top1", "label": "top-1", "oracle": True}}),
+        baseline="method=a,task=t1",
+        task_axis="task",
+    )
+"""
+
+
+def test_the_report_compares_cells_across_tasks(tmp_path):
+    """Finished runs written by hand (no training): method b beats a on every task and seed."""
+    path = tmp_path / "grid.py"
+    path.write_text(GRID.format(base=ROOT / "configs" / "clip.py:tiny"))
+    study = study_lib.load_study(str(path))
+    workdir = tmp_path / "study"
+    scores: dict[str, list[list[float]]] = {"method=a": [[], []], "method=b": [[], []]}
+    for run in study_lib.expand(study):
+        method, task = run.cell.split(",")
+        value = (0.5 if method == "method=a" else 0.8) + 0.01 * run.seed + 0.1 * (task == "task=t2")
+        scores[method][int(task[-1]) - 1].append(value)
+        run_path = workdir / "runs" / run.hash
+        run_path.mkdir(parents=True)
+        summary = {"stopped": None, "eval/top1": value, "select/oracle/top1": value}
+        (run_path / "summary.json").write_text(json.dumps(summary))
+    paths = report.write_report(study, str(workdir))
+    assert [os.path.basename(p) for p in paths] == ["report.md", "results.csv", "results.tex"]
+    rows = report.aggregates(study, str(workdir), "task")
+    oracle = "top-1 (oracle: target labels)"
+    assert [(r["group"], r["metric"]) for r in rows] == [
+        ("method=a", "top-1"), ("method=b", "top-1"), ("method=a", oracle), ("method=b", oracle)
+    ]  # fmt: skip
+    b = np.array(scores["method=b"]).T  # [seeds, tasks]
+    assert rows[1]["iqm"] == pytest.approx(statistics.interquartile_mean(b))
+    assert rows[1]["iqm_low"] <= rows[1]["iqm"] <= rows[1]["iqm_high"]
+    assert (rows[1]["p_improve"], rows[1]["p_low"], rows[1]["p_high"]) == (1.0, 1.0, 1.0)
+    assert "p_improve" not in rows[0]  # the baseline's own group
+    text = (workdir / "report.md").read_text()
+    assert "## Across task" in text and "| method=b | top-1 | 0.8" in text
