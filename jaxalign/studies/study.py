@@ -31,6 +31,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -232,11 +233,5 @@ def launch_commands(study: Study, workdir: str, launcher: Sequence[str] = ()) ->
             continue
         words = [*launcher, "jaxalign", "train", f"--config={study.base}", f"--workdir={path}"]
         words += [f"--config.{o}" for o in run.overrides]
-        lines.append(" ".join(_quote(w) for w in words))
+        lines.append(shlex.join(words))
     return lines
-
-
-def _quote(word: str) -> str:
-    import shlex
-
-    return shlex.quote(word)
