@@ -1,7 +1,8 @@
 """A study: one base config x a grid of named override axes x seeds, each run in its own work
 directory, run one after another; resumable and failure-tolerant.
 
-A study file (``configs/studies/*.py``) defines ``get_study() -> ml_collections.ConfigDict``:
+A study file (``configs/studies/*.py``) defines ``get_study()``, returning a dict (or an
+``ml_collections.ConfigDict``) with:
 
 - ``base``: the config spec every run starts from (``"configs/adapt_digits.py:tiny"``; a
   relative path is read from the current directory, as ``--config`` is);
@@ -225,7 +226,7 @@ def run_study(
 
 def launch_commands(study: Study, workdir: str, launcher: Sequence[str] = ()) -> list[str]:
     """One ``jaxalign train`` command line per run that is not done, after ``launcher`` (e.g.
-    ``("sbatch", "launch/slurm_gpu.sbatch")``), for a cluster to run them in parallel."""
+    ``("launch/local.sh", "2", "--")``), for a cluster to run them in parallel."""
     lines = []
     for run in expand(study):
         path = run_dir(workdir, run)

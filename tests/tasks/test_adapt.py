@@ -54,7 +54,8 @@ def _train(data_dir, workdir, method, devices, **extra):
 # step 20 (on an AMD EPYC: compiled at the tests' level 1, or with the one-device run in a
 # process of one device; on an Intel Xeon, 2026-12-02, also as here), while the first 10 steps
 # agree to 1e-6. So for DANN the child also takes every step of the one-device run again on
-# 2x4 from the same state and batch: each step's loss and new state must agree, 20 times.
+# 2x4 from the same state and batch, and records both steps' metrics and how far apart their
+# new states are (the test says what must agree).
 _PAIR = """
 import json, sys
 import jax, numpy as np
