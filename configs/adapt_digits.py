@@ -122,6 +122,7 @@ def base(method: str = "dann", target: str = "blend") -> ml_collections.ConfigDi
     config.train.keep_checkpoints = 2
     config.train.eval_every = 50
     config.train.max_failed_saves = 3
+    config.train.timing_in_metrics = True
 
     config.evals = ml_collections.ConfigDict()
     config.evals.source_validation = "source_validation"

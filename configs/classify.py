@@ -111,6 +111,7 @@ def base() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 2
     config.train.eval_every = 200
     config.train.max_failed_saves = 3
+    config.train.timing_in_metrics = True
 
     config.evals = ml_collections.ConfigDict()
     config.evals.splits = ("source_validation", "source_test", "blend_test")

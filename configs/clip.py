@@ -84,7 +84,8 @@ Keys (every preset has all of them; ``jaxalign.tasks.clip.ClipConfig`` and the g
 - ``train``: ``global_batch_size`` (over all devices and hosts), ``steps``, ``log_every``,
   ``checkpoint_every``, ``keep_checkpoints``, ``eval_every`` (the last step also checkpoints and
   evaluates), ``max_failed_saves`` (checkpoint saves failing in a row, e.g. on a full disk,
-  before the run stops).
+  before the run stops), ``timing_in_metrics`` (wall-clock figures in ``metrics.jsonl`` too;
+  False keeps that file the same bytes when a CPU run is repeated, as studies want).
 - ``evals``: ``zeroshot_split`` (classify this split's images by the names of its ``label``
   classes put into ``templates``, each with one ``{}``; ``""``: off), ``retrieval_split``
   (image <-> caption recall@k on this split; ``""``: off), ``batch_size``, ``max_examples``
@@ -199,6 +200,7 @@ def base() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 2
     config.train.eval_every = 250
     config.train.max_failed_saves = 3
+    config.train.timing_in_metrics = True
 
     config.evals = ml_collections.ConfigDict()
     # Zero-shot on the held-out (colour, shape) pairs; retrieval where captions rarely repeat.

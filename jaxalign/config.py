@@ -17,6 +17,7 @@ a rule across keys, a mesh that does not fit the devices, data that is not on di
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -120,8 +121,10 @@ def optim_group(**values: Any) -> ml_collections.ConfigDict:
 def train_group(**values: Any) -> ml_collections.ConfigDict:
     """A config file's ``train`` group: two checkpoints kept, 3 failed saves in a row stop the
     run; ``values`` (at least ``global_batch_size``, ``steps``, ``log_every``,
-    ``checkpoint_every``, ``eval_every``) set or replace keys (``jaxalign.schema.TrainConfig``)."""
-    return ml_collections.ConfigDict({"keep_checkpoints": 2, "max_failed_saves": 3, **values})
+    ``checkpoint_every``, ``eval_every``) set or replace keys (``jaxalign.schema.TrainConfig``);
+    wall-clock figures are logged in ``metrics.jsonl`` too (``timing_in_metrics``)."""
+    group = {"keep_checkpoints": 2, "max_failed_saves": 3, "timing_in_metrics": True}
+    return ml_collections.ConfigDict({**group, **values})
 
 
 # Named meshes: how the devices split into the data, fsdp and tensor axes. The logical axis
@@ -318,6 +321,13 @@ def to_dict(config: ExperimentConfig) -> dict[str, Any]:
     return config.model_dump(mode="json")
 
 
+def fingerprint(config: ExperimentConfig) -> str:
+    """The SHA-256 (hex) of the resolved config's JSON with sorted keys: equal for equal
+    configs whatever the file or overrides that built them (``env.json``, study run names)."""
+    text = json.dumps(to_dict(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save(config: ExperimentConfig, path: str | os.PathLike) -> str:
     """Writes ``to_dict(config)`` as JSON to ``path`` (a ``.json`` file) or to
     ``path/config.json`` (a work directory, created if needed); returns the file's path."""
@@ -339,6 +349,7 @@ ADDED_KEYS: dict[str, Any] = {
     "optim.name": "adamw",  # 0.1.0 after issue 14
     "adapt.target_batch_size": 0,  # 0.1.0 after issue 14: the source's batch, as before
     "model.init_from_bert": "",  # 0.1.0 during issue 15 (mlm)
+    "train.timing_in_metrics": True,  # 0.1.0 during issue 18 (studies)
 }
 
 

@@ -1,4 +1,5 @@
-"""What a run ran on: library versions, devices, processes and the git commit (``env.json``)."""
+"""What a run ran on: library versions, devices, processes, the git commit and whether the
+checkout had uncommitted changes (``env.json``)."""
 
 from __future__ import annotations
 
@@ -20,12 +21,11 @@ def _version(package: str) -> str | None:
         return None
 
 
-def git_commit(path: Path | None = None) -> str | None:
-    """The commit of the checkout holding ``path`` (this package by default), or None."""
-    where = Path(path or Path(__file__).parent)
+def _git(where: Path, *args: str) -> str | None:
+    """``git -C where args``'s output, or None (no git, not a checkout, an error)."""
     try:
         result = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            ["git", "-C", str(where), *args],
             capture_output=True,
             text=True,
             timeout=10,
@@ -33,9 +33,20 @@ def git_commit(path: Path | None = None) -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
+    return result.stdout if result.returncode == 0 else None
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """The commit of the checkout holding ``path`` (this package by default), or None."""
+    out = _git(Path(path or Path(__file__).parent), "rev-parse", "HEAD")
+    return out.strip() or None if out else None
+
+
+def git_dirty(path: Path | None = None) -> bool | None:
+    """Whether the checkout holding ``path`` (this package by default) has uncommitted
+    changes to tracked files; None when it is not a git checkout."""
+    out = _git(Path(path or Path(__file__).parent), "status", "--porcelain", "--untracked-files=no")
+    return None if out is None else bool(out.strip())
 
 
 def describe() -> dict[str, Any]:
@@ -50,4 +61,5 @@ def describe() -> dict[str, Any]:
         "process_count": jax.process_count(),
         "process_index": jax.process_index(),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
     }

@@ -163,7 +163,12 @@ class OptimConfig(Group):
 class TrainConfig(Group):
     """The global batch (all devices and hosts), the step count, and the cadences (the last
     step always checkpoints and evaluates); ``max_failed_saves`` checkpoint saves failing in a
-    row (a full disk) stop the run."""
+    row (a full disk) stop the run. ``timing_in_metrics``: the wall-clock figures of each
+    logged step (``steps_per_s``, ``examples_per_s``, ``flops_per_s_per_device``, ``mfu``,
+    ``input_wait_share``, ``loss_share``) go into ``metrics.jsonl`` too; with False they go to
+    TensorBoard, the log lines and ``summary.json``'s means only, and ``metrics.jsonl`` is a
+    function of the config, the data and the software alone (the same bytes when a CPU run is
+    repeated; studies use it)."""
 
     global_batch_size: PositiveInt
     steps: PositiveInt
@@ -172,6 +177,7 @@ class TrainConfig(Group):
     keep_checkpoints: PositiveInt
     eval_every: PositiveInt
     max_failed_saves: PositiveInt
+    timing_in_metrics: bool
 
 
 class MeshConfig(Group):

@@ -163,19 +163,15 @@ def _resume_check(
     return config_lib.differences(saved, config)
 
 
-def _write_env(workdir: str, mesh: Mesh) -> float | None:
-    """Writes ``env.json``; returns the device's peak FLOP/s (None when unknown)."""
+def _write_env(workdir: str, mesh: Mesh, config: ExperimentConfig) -> float | None:
+    """Writes ``env.json`` (with the config's fingerprint and seed); returns the device's peak
+    FLOP/s (None when unknown)."""
     peak = peak_flops(mesh.devices.flat[0].device_kind)
-    run_files.write_json(
-        workdir,
-        "env.json",
-        {
-            **environment.describe(),
-            "mesh": dict(mesh.shape),
-            "peak_flops_per_device": peak,
-            "peak_flops_source": "dense bfloat16, vendor data sheet" if peak else "unknown device",
-        },
-    )
+    run_files.write_json(workdir, "env.json", {
+        **environment.describe(), "config_sha256": config_lib.fingerprint(config),
+        "seed": config.seed, "mesh": dict(mesh.shape), "peak_flops_per_device": peak,
+        "peak_flops_source": "dense bfloat16, vendor data sheet" if peak else "unknown device",
+    })  # fmt: skip
     return peak
 
 
@@ -232,7 +228,7 @@ def _train(
     """The body of ``train_and_evaluate``, once the config is known to be the run's own."""
     setup = _setup(config, devices)
     mesh, task = setup.mesh, setup.task
-    peak = _write_env(workdir, mesh)
+    peak = _write_env(workdir, mesh, config)
 
     # Resume order:
     #   1. the newest complete, readable checkpoint in workdir/checkpoints gives the state

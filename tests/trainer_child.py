@@ -84,26 +84,34 @@ def run_trainer(
     code = "import sys\nfrom jaxalign import cli\n"
     if signal_at is not None:
         done = os.path.join(workdir, "checkpoints", str(after_checkpoint))
-        code += textwrap.dedent(
-            f"""
-            import os, signal, time
-            from jaxalign.train_lib import metric_writers
-            _write = metric_writers.MetricWriter.write
-            def write(self, step, metrics):
-                row = _write(self, step, metrics)
-                if step == {signal_at} and "loss" in row:
-                    deadline = time.time() + 60
-                    while {after_checkpoint} and not os.path.isdir({done!r}):
-                        assert time.time() < deadline, "checkpoint never completed"
-                        time.sleep(0.05)
-                    os.kill(os.getpid(), signal.{signal_name})
-                return row
-            metric_writers.MetricWriter.write = write
-            """
-        )
+        code += signal_hook(signal_at, signal_name, done if after_checkpoint else None)
     code += "sys.exit(cli.main(['train', *sys.argv[1:]]))\n"
     args = [f"--config={spec}", f"--workdir={workdir}", *overrides]
     return run_python(code, args, devices=devices, fast_compile=fast_compile, timeout=timeout)
+
+
+def signal_hook(step, signal_name, wait_for=None, workdir=None):
+    """Python code that makes the trainer send itself ``signal_name`` as soon as ``step``'s
+    metrics are written (in the run of ``workdir`` only, if given), once the directory
+    ``wait_for`` (a completed checkpoint) exists, if given."""
+    return textwrap.dedent(
+        f"""
+        import os, signal, time
+        from jaxalign.train_lib import metric_writers
+        _write = metric_writers.MetricWriter.write
+        def write(self, step, metrics, **kwargs):
+            row = _write(self, step, metrics, **kwargs)
+            mine = {workdir!r} is None or str(self.workdir) == {workdir!r}
+            if mine and step == {step} and "loss" in row:
+                deadline = time.time() + 60
+                while {wait_for!r} and not os.path.isdir({wait_for!r}):
+                    assert time.time() < deadline, "checkpoint never completed"
+                    time.sleep(0.05)
+                os.kill(os.getpid(), signal.{signal_name})
+            return row
+        metric_writers.MetricWriter.write = write
+        """
+    )
 
 
 def run_python(code, args, *, devices=None, fast_compile=True, env=None, timeout=300):

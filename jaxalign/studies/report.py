@@ -108,6 +108,56 @@ def aggregates(study: Study, workdir: str, task_axis: str) -> list[dict[str, Any
     return out
 
 
+PROVENANCE_KEYS = ("git_commit", "git_dirty", "versions", "backend", "device_kind",
+                   "device_count", "process_count")  # fmt: skip
+
+
+def provenance(study: Study, workdir: str) -> list[dict[str, Any]]:
+    """Per cell with finished runs: what its runs ran (``env.json``: each of
+    ``PROVENANCE_KEYS``, the set of values over the runs) and ``disagree``, the keys on which
+    its runs differ; ``config`` is among them when a run's recorded config fingerprint is not
+    the one its directory is named by."""
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for run in expand(study):
+        path = run_dir(workdir, run)
+        if state_of(path) != "done":
+            continue
+        with open(os.path.join(path, "env.json")) as f:
+            env = json.load(f)
+        record = {k: json.dumps(env.get(k), sort_keys=True) for k in PROVENANCE_KEYS}
+        record["config"] = str(env.get("config_sha256", "")).startswith(run.hash)
+        by_cell.setdefault(run.cell, []).append(record | {"seed": run.seed})
+    out = []
+    for cell, records in by_cell.items():
+        seen = {k: sorted({r[k] for r in records}, key=str) for k in (*PROVENANCE_KEYS, "config")}
+        disagree = [k for k, v in seen.items() if len(v) > 1 or v == [False]]
+        out.append({"cell": cell, "seeds": [r["seed"] for r in records], "disagree": disagree,
+                    **{k: [json.loads(x) for x in seen[k]] for k in PROVENANCE_KEYS}})  # fmt: skip
+    return out
+
+
+def _provenance_lines(study: Study, workdir: str) -> list[str]:
+    """report.md's provenance section: one row per cell, its disagreements flagged."""
+    lines = ["", "## Provenance", "", "Each run's `env.json`; a cell is flagged when its runs "
+             "differ in any column (or a run's config fingerprint is not its directory's).", "",
+             "| cell | seeds | git commit | device | jax / jaxlib / flax / optax | flag |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for p in provenance(study, workdir):
+        commits = ", ".join(
+            f"{(c or 'unknown')[:10]}{' (dirty)' if True in p['git_dirty'] else ''}"
+            for c in p["git_commit"]
+        )
+        devices = ", ".join(f"{k} x {n}" for k in p["device_kind"] for n in p["device_count"])
+        versions = "; ".join(
+            " / ".join(str(v.get(n)) for n in ("jax", "jaxlib", "flax", "optax"))
+            for v in p["versions"]
+        )
+        flag = ("**runs differ: " + ", ".join(p["disagree"]) + "**") if p["disagree"] else "ok"
+        seeds = " ".join(map(str, p["seeds"]))
+        lines.append(f"| {p['cell']} | {seeds} | {commits} | {devices} | {versions} | {flag} |")
+    return lines
+
+
 def write_report(study: Study, workdir: str) -> list[str]:
     """Writes ``report.md``, ``results.csv`` and ``results.tex`` in ``workdir``; their paths."""
     table, runs = rows(study, workdir)
@@ -140,6 +190,7 @@ def write_report(study: Study, workdir: str) -> list[str]:
                  if "p_improve" in a else "- | -")  # fmt: skip
             lines.append(f"| {a['group']} | {a['metric']} | {a['iqm']:.4f} | "
                          f"[{a['iqm_low']:.4f}, {a['iqm_high']:.4f}] | {p} |")  # fmt: skip
+    lines += _provenance_lines(study, workdir)
     with open(paths[0], "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(paths[2], "w") as f:

@@ -16,7 +16,8 @@ A study file (``configs/studies/*.py``) defines ``get_study()``, returning a dic
   then compares the other axes' cells across them (``report``).
 
 Layout of ``--workdir=DIR``: ``DIR/runs/<hash>/`` is one run's work directory, named by the
-first 12 hex digits of the SHA-256 of its resolved config (``config.json``'s content);
+first 12 hex digits of its resolved config's SHA-256 (``config.fingerprint``, which the run's
+``env.json`` records whole);
 ``DIR/runs/<hash>.json`` records its cell, seed and overrides, ``DIR/runs/<hash>.error.json``
 why it failed; ``DIR/names/<cell>/seed_<s>`` links to it by a readable name. A run counts as
 done when its ``summary.json`` says it was not stopped, running while a live process holds its
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import shlex
@@ -125,9 +125,7 @@ def expand(study: Study) -> list[Run]:
     for cell in study.cells:
         for seed in study.seeds:
             overrides = (*study.overrides, *study.cell_overrides(cell), f"seed={seed}")
-            resolved = config_lib.to_dict(config_lib.load(study.base, overrides))
-            text = json.dumps(resolved, sort_keys=True, default=str)
-            digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+            digest = config_lib.fingerprint(config_lib.load(study.base, overrides))[:12]
             runs.append(Run(cell, seed, overrides, digest))
     return runs
 

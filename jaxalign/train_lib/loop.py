@@ -234,8 +234,11 @@ class Loop:
         # the optimizer's count, so it is the number of applied updates before this one.
         applied = step - 1 - (int(metrics["nonfinite_total"]) - int(metrics["skipped"]))
         data = self.data_metrics()
+        timing = self.throughput.report()
         row = self.writer.write(
-            step, {**metrics, "lr": self.schedule(applied), **self.throughput.report(), **data}
+            step,
+            {**metrics, "lr": self.schedule(applied), **timing, **data},
+            unfiled=() if self.config.train.timing_in_metrics else tuple(timing),
         )
         shown = {"loss": f"{loss:.5g}"}
         if "examples_per_s" in row:

@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -226,12 +226,16 @@ class MetricWriter:
             tqdm.write(message, file=sys.stdout)
             sys.stdout.flush()
 
-    def write(self, step: int, metrics: Mapping[str, Any]) -> dict[str, Any]:
-        """Appends ``{"step": step, **metrics}`` to ``metrics.jsonl`` and TensorBoard."""
+    def write(
+        self, step: int, metrics: Mapping[str, Any], *, unfiled: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Appends ``{"step": step, **metrics}`` to ``metrics.jsonl`` and TensorBoard; the keys
+        in ``unfiled`` go to TensorBoard only. Returns the whole row."""
         row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         if not self.enabled:
             return row
-        self._file.write(json.dumps(row) + "\n")
+        filed = {k: v for k, v in row.items() if k not in unfiled}
+        self._file.write(json.dumps(filed) + "\n")
         self._file.flush()
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):

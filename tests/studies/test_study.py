@@ -12,9 +12,11 @@ import pathlib
 import numpy as np
 import pytest
 
-from jaxalign import cli
+from jaxalign import cli, train
+from jaxalign import config as config_lib
 from jaxalign.studies import report, statistics
 from jaxalign.studies import study as study_lib
+from tests.trainer_child import run_python, signal_hook
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
@@ -23,8 +25,9 @@ STUDY = """
 def get_study():
     return dict(
         base="{base}",
-        overrides=("data.data_dir={data}", "train.steps=2", "train.log_every=1",
-                   "train.checkpoint_every=2", "train.eval_every=2"),
+        overrides=("data.data_dir={data}", "train.steps=4", "train.log_every=1",
+                   "train.checkpoint_every=2", "train.eval_every=2",
+                   "train.timing_in_metrics=False"),
         # 12 examples do not split over the 8 test devices: that cell fails when it trains.
         axes={{"batch": {{"b16": ("train.global_batch_size=16",),
                           "b12": ("train.global_batch_size=12",)}}}},
@@ -43,14 +46,26 @@ def study_file(tmp_path, builtin_data_dir):
 
 
 def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys):
+    """The study process is killed (SIGKILL) in its second run at step 3, after that run's
+    checkpoint 2; the rerun trains the rest, that run from its checkpoint, records the failing
+    cell's errors and reports; every finished run repeats bit for bit."""
     workdir = tmp_path / "study"
     args = ["study", f"--config={study_file}", f"--workdir={workdir}"]
-    assert cli.main(args) == 1  # some runs failed
-    out = capsys.readouterr().out
-    assert "study: 4 runs, 4 to train" in out and "2 done, 0 running, 2 failed, 0 pending" in out
-
     study = study_lib.load_study(study_file)
     runs = study_lib.expand(study)
+    second = str(workdir / "runs" / runs[1].hash)
+    hook = signal_hook(3, "SIGKILL", os.path.join(second, "checkpoints", "2"), second)
+    code = f"import sys\nfrom jaxalign import cli\n{hook}\nsys.exit(cli.main(sys.argv[1:]))\n"
+    killed = run_python(code, args, devices=8)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert cli.main([*args, "--status"]) == 0
+    assert capsys.readouterr().out.strip() == "1 done, 0 running, 0 failed, 3 pending"
+
+    assert cli.main(args) == 1  # some runs failed
+    out = capsys.readouterr().out
+    assert "study: 4 runs, 3 to train" in out and "resumed from checkpoint 2" in out
+    assert "2 done, 0 running, 2 failed, 0 pending" in out
+
     assert len({r.hash for r in runs}) == 4
     for run in runs:
         path = workdir / "runs" / run.hash
@@ -63,7 +78,7 @@ def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys)
         else:
             summary = json.loads((path / "summary.json").read_text())
             assert (
-                summary["step"] == 2
+                summary["step"] == 4
                 and json.loads((path / "config.json").read_text())["seed"] == run.seed
             )
 
@@ -79,9 +94,14 @@ def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys)
     report = (workdir / "report.md").read_text()
     assert "## Failed runs" in report and "batch=b12, seed 0: ConfigError" in report
     assert "\\begin{tabular}" in (workdir / "results.tex").read_text()
+    assert "| batch=b16 | 0 1 | " in report and report.rstrip().endswith("| ok |")
+    for run in done_runs(runs):
+        env = json.loads((workdir / "runs" / run.hash / "env.json").read_text())
+        assert env["config_sha256"].startswith(run.hash) and env["seed"] == run.seed
+        assert env["device_count"] == 8 and isinstance(env["git_dirty"], (bool, type(None)))
 
     # A run cut short (its summary gone, its checkpoint kept) is the only one trained again.
-    done = [r for r in runs if r.cell == "batch=b16"]
+    done = done_runs(runs)
     os.remove(workdir / "runs" / done[0].hash / "summary.json")
     assert cli.main([*args, "--status"]) == 0
     assert capsys.readouterr().out.strip() == "1 done, 0 running, 2 failed, 1 pending"
@@ -92,8 +112,22 @@ def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys)
     assert f"--workdir={workdir / 'runs' / done[0].hash}" in "\n".join(lines)
     assert cli.main(args) == 1
     out = capsys.readouterr().out
-    assert "study: 4 runs, 1 to train" in out and "resumed from checkpoint 2" in out
+    assert "study: 4 runs, 1 to train" in out and "resumed from checkpoint 4" in out
     assert "2 done, 0 running, 2 failed, 0 pending" in out
+
+    # Each finished run's metrics.jsonl (wall-clock figures kept out: timing_in_metrics) is
+    # byte for byte the file of its config trained again, uninterrupted, in a fresh directory:
+    # the run killed at step 3 and the one resumed at its last step included.
+    for run in done:
+        again = tmp_path / f"again_{run.seed}"
+        train.train_and_evaluate(config_lib.load(study.base, run.overrides), str(again))
+        filed = (workdir / "runs" / run.hash / "metrics.jsonl").read_bytes()
+        assert filed == (again / "metrics.jsonl").read_bytes(), run
+        assert b'"step": 4' in filed and b"examples_per_s" not in filed
+
+
+def done_runs(runs):
+    return [r for r in runs if r.cell == "batch=b16"]
 
 
 def test_a_bad_study_file_is_named(tmp_path, capsys):
@@ -133,6 +167,17 @@ def test_the_report_compares_cells_across_tasks(tmp_path):
         run_path.mkdir(parents=True)
         summary = {"stopped": None, "eval/top1": value, "select/oracle/top1": value}
         (run_path / "summary.json").write_text(json.dumps(summary))
+        env = {
+            "git_commit": "abc",
+            "git_dirty": False,
+            "versions": {"jax": "1"},
+            "device_kind": "cpu",
+            "device_count": 8,
+            "config_sha256": run.hash + "0" * 52,
+        }
+        if run.cell == "method=b,task=t2" and run.seed == 2:
+            env["git_dirty"] = True  # one run of one cell from a checkout with changes
+        (run_path / "env.json").write_text(json.dumps(env))
     paths = report.write_report(study, str(workdir))
     assert [os.path.basename(p) for p in paths] == ["report.md", "results.csv", "results.tex"]
     rows = report.aggregates(study, str(workdir), "task")
@@ -147,3 +192,9 @@ def test_the_report_compares_cells_across_tasks(tmp_path):
     assert "p_improve" not in rows[0]  # the baseline's own group
     text = (workdir / "report.md").read_text()
     assert "## Across task" in text and "| method=b | top-1 | 0.8" in text
+    flagged = [p["cell"] for p in report.provenance(study, str(workdir)) if p["disagree"]]
+    assert flagged == ["method=b,task=t2"]
+    assert (
+        "| method=b,task=t2 | 0 1 2 | abc (dirty) | cpu x 8 | 1 / None / None / None | "
+        "**runs differ: git_dirty** |" in text
+    )

@@ -21,6 +21,14 @@ def test_rows_are_plain_json_and_flushed(tmp_path):
     assert list((tmp_path / "tensorboard").iterdir())
 
 
+def test_unfiled_keys_stay_out_of_the_file_and_in_the_row(tmp_path):
+    writer = MetricWriter(tmp_path, total_steps=1, start_step=0, progress=False)
+    row = writer.write(1, {"loss": 2.0, "examples_per_s": 31.5}, unfiled=("examples_per_s",))
+    writer.close()
+    assert row == {"step": 1, "loss": 2.0, "examples_per_s": 31.5}  # for the log and TensorBoard
+    assert read_metrics(tmp_path) == [{"step": 1, "loss": 2.0}]
+
+
 def test_resume_drops_rows_after_the_checkpoint(tmp_path):
     writer = MetricWriter(tmp_path, total_steps=6, start_step=0, progress=False)
     for step in range(1, 6):
