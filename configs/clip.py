@@ -63,7 +63,8 @@ Keys (every preset has all of them; ``jaxalign.tasks.clip.ClipConfig`` and the g
   all, same names). See ``jaxalign.schema.InitFromConfig``.
 - ``model``: ``preset`` (a ``jaxalign.models.PRESETS`` name), ``dtype`` (compute dtype:
   ``float32`` | ``bfloat16``; parameters stay float32), ``remat`` (``none`` | ``full`` | ``dots``
-  | ``dots_no_batch``), ``logit_scale_init`` (log of the inverse temperature), ``logit_bias_init``
+  | ``dots_no_batch``), ``logit_scale_init`` (log of the inverse temperature),
+  ``learn_temperature`` (False: it stays at its init), ``logit_bias_init``
   (``None``: no bias parameter, CLIP; SigLIP: -10), ``image`` / ``text`` (tower fields overriding
   the preset's, e.g. ``image.pool="map"``; may be empty).
 - ``data``: ``source`` (``builtin`` | ``tfds`` | ``webdataset``), ``name`` (the built-in or TFDS
@@ -153,6 +154,7 @@ def base() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
     config.model.remat = "none"
     config.model.logit_scale_init = CLIP_LOGIT_SCALE
+    config.model.learn_temperature = True
     config.model.logit_bias_init = config_dict.placeholder(float)  # None: no bias (CLIP)
     config.model.image = ml_collections.ConfigDict()
     # Bidirectional with mean pooling: composes unseen (colour, shape) pairs better than the

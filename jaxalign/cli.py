@@ -6,6 +6,7 @@ jaxalign train --config=configs/clip.py:demo --workdir=runs/demo [--config.KEY=V
     --process-id, or --distributed (TPU pods); see jaxalign.parallel.distributed and launch/
 jaxalign eval --workdir=runs/demo   # the run's evals again, from its newest checkpoint
 jaxalign study --config=configs/studies/X.py --workdir=studies/X [--status | --print-launch]
+jaxalign plot --workdir=runs/demo   # the run's curves: runs/demo/curves.png
 jaxalign env                        # versions, devices, processes and commit, as JSON
 
 Exit status: 0 done; 2 a user error: a bad command line or config, missing or bad data or files,
@@ -116,11 +117,23 @@ def _study(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     except train.Preempted as stop:
         print(f"{stop}; run the same command again to go on", file=sys.stderr)
         return train.PREEMPTED_EXIT_CODE
-    from jaxalign.studies import report
+    from jaxalign.studies import plots, report
 
     print(", ".join(f"{len(final[s])} {s}" for s in study_lib.STATES))
-    print("report: " + ", ".join(report.write_report(study, args.workdir)))
+    pictures = plots.study_plots(study, args.workdir)
+    print("report: " + ", ".join(report.write_report(study, args.workdir, pictures) + pictures))
     return 1 if final["failed"] else 0
+
+
+def _plot(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+    from jaxalign.studies import plots
+
+    try:
+        print(plots.run_curves(args.workdir))
+    except (ValueError, OSError) as error:  # no rows; no metrics.jsonl
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'launch/local.sh 1 --') instead of training",
     )
     study.set_defaults(run=_study)
+    plot = commands.add_parser("plot", help="draw a run's metrics.jsonl into RUN/curves.png")
+    plot.add_argument("--workdir", required=True, help="the run's directory")
+    plot.set_defaults(run=_plot)
     for command in (train, evaluate):
         command.add_argument(
             "--progress",

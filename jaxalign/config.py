@@ -350,6 +350,7 @@ ADDED_KEYS: dict[str, Any] = {
     "adapt.target_batch_size": 0,  # 0.1.0 after issue 14: the source's batch, as before
     "model.init_from_bert": "",  # 0.1.0 during issue 15 (mlm)
     "train.timing_in_metrics": True,  # 0.1.0 during issue 18 (studies)
+    "model.learn_temperature": True,  # 0.1.0 during issue 18 (clip, clip_adapt)
 }
 
 

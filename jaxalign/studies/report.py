@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ def collect(study: Study, workdir: str) -> tuple[dict[str, dict[str, list[float]
     return values, runs
 
 
-def _label(metric: dict[str, Any]) -> str:
+def label_of(metric: dict[str, Any]) -> str:
     return metric["label"] + (" (oracle: target labels)" if metric["oracle"] else "")
 
 
@@ -65,7 +66,7 @@ def rows(study: Study, workdir: str) -> tuple[list[dict[str, Any]], dict]:
                 continue
             summary = st.summarize(seeds)
             out.append({
-                "cell": cell, "metric": _label(metric), "mean": summary.mean,
+                "cell": cell, "metric": label_of(metric), "mean": summary.mean,
                 "std": summary.std, "n": summary.n, "ci_low": summary.interval.low,
                 "ci_high": summary.interval.high, "ci_method": "95% Student t",
                 "runs": " ".join(runs[cell]["runs"]),
@@ -97,7 +98,7 @@ def aggregates(study: Study, workdir: str, task_axis: str) -> list[dict[str, Any
                 matrices[group] = np.array(columns).T  # [seeds, tasks]
         for group, scores in matrices.items():
             iqm = st.stratified_bootstrap_interval(st.interquartile_mean, scores)
-            row = {"group": group, "metric": _label(metric), "iqm": st.interquartile_mean(scores),
+            row = {"group": group, "metric": label_of(metric), "iqm": st.interquartile_mean(scores),
                    "iqm_low": iqm.low, "iqm_high": iqm.high}  # fmt: skip
             if baseline in matrices and group != baseline:
                 base = matrices[baseline]
@@ -158,8 +159,9 @@ def _provenance_lines(study: Study, workdir: str) -> list[str]:
     return lines
 
 
-def write_report(study: Study, workdir: str) -> list[str]:
-    """Writes ``report.md``, ``results.csv`` and ``results.tex`` in ``workdir``; their paths."""
+def write_report(study: Study, workdir: str, pictures: Sequence[str] = ()) -> list[str]:
+    """Writes ``report.md`` (showing ``pictures``, PNGs in ``workdir``), ``results.csv`` and
+    ``results.tex`` in ``workdir``; their paths."""
     table, runs = rows(study, workdir)
     task_axis = study.task_axis
     paths = [os.path.join(workdir, n) for n in ("report.md", "results.csv", "results.tex")]
@@ -190,6 +192,9 @@ def write_report(study: Study, workdir: str) -> list[str]:
                  if "p_improve" in a else "- | -")  # fmt: skip
             lines.append(f"| {a['group']} | {a['metric']} | {a['iqm']:.4f} | "
                          f"[{a['iqm_low']:.4f}, {a['iqm_high']:.4f}] | {p} |")  # fmt: skip
+    if pictures:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pictures]
     lines += _provenance_lines(study, workdir)
     with open(paths[0], "w") as f:
         f.write("\n".join(lines) + "\n")

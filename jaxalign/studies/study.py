@@ -13,7 +13,9 @@ A study file (``configs/studies/*.py``) defines ``get_study()``, returning a dic
   figure (selected or measured on target labels) is marked as such in the report;
 - ``baseline``: the cell the others are compared with (``"axis=value,..."``), or ``""``;
 - ``task_axis``: optional, an axis whose values are tasks (domain pairs, datasets): the report
-  then compares the other axes' cells across them (``report``).
+  then compares the other axes' cells across them (``report``);
+- ``curves``: optional, the ``metrics.jsonl`` keys drawn against the step in
+  ``learning_curves.png`` (``plots``; ``("loss",)`` by default).
 
 Layout of ``--workdir=DIR``: ``DIR/runs/<hash>/`` is one run's work directory, named by the
 first 12 hex digits of its resolved config's SHA-256 (``config.fingerprint``, which the run's
@@ -63,6 +65,7 @@ class Study:
     metrics: tuple[dict[str, Any], ...]
     baseline: str
     task_axis: str = ""
+    curves: tuple[str, ...] = ("loss",)
 
     @property
     def cells(self) -> list[str]:
@@ -110,6 +113,7 @@ def load_study(path: str) -> Study:
         metrics=metrics,
         baseline=str(raw.get("baseline", "") or ""),
         task_axis=str(raw.get("task_axis", "") or ""),
+        curves=tuple(map(str, raw.get("curves", ("loss",)))),
     )
     if study.task_axis and study.task_axis not in axes:
         raise ValueError(f"{path}: task_axis {study.task_axis!r} is not an axis: {list(axes)}")

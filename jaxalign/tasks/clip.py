@@ -37,7 +37,7 @@ from jaxalign.schema import (
     Unit,
 )
 from jaxalign.tasks import images
-from jaxalign.tasks.base import Task, register_task
+from jaxalign.tasks.base import ParamGroup, Task, register_task
 
 # --- config ------------------------------------------------------------------------------------
 
@@ -45,6 +45,7 @@ from jaxalign.tasks.base import Task, register_task
 class ClipModel(images.ImageModel):
     preset: images.Preset  # type: ignore[assignment]  # a dual-encoder size (no ResNet)
     logit_scale_init: float
+    learn_temperature: bool  # False: logit_scale stays at its init (lr_mult 0)
     logit_bias_init: float | None
     text: Annotated[
         dict[str, Any],
@@ -315,6 +316,11 @@ class ClipTask(Task):
             "logit_bias": float(model.logit_bias_init or 0.0),
         }
         return (lambda embeddings: self.loss_on_embeddings(scales, embeddings)), (spec, spec)
+
+    def param_groups(self) -> tuple[ParamGroup, ...]:
+        """The temperature frozen at its init unless ``model.learn_temperature``."""
+        frozen = not self.config.model.learn_temperature
+        return (ParamGroup(r"^logit_scale$", 0.0),) if frozen else ()
 
     def loss(self, params, model_state, batch, rng, step):
         """InfoNCE / SigLIP over the global batch; no model state, no randomness."""

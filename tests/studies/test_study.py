@@ -14,7 +14,7 @@ import pytest
 
 from jaxalign import cli, train
 from jaxalign import config as config_lib
-from jaxalign.studies import report, statistics
+from jaxalign.studies import plots, report, statistics
 from jaxalign.studies import study as study_lib
 from tests.trainer_child import run_python, signal_hook
 
@@ -95,6 +95,13 @@ def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys)
     assert "## Failed runs" in report and "batch=b12, seed 0: ConfigError" in report
     assert "\\begin{tabular}" in (workdir / "results.tex").read_text()
     assert "| batch=b16 | 0 1 | " in report and report.rstrip().endswith("| ok |")
+    assert "![learning_curves.png](learning_curves.png)" in report
+    one = workdir / "runs" / done_runs(runs)[0].hash
+    assert cli.main(["plot", f"--workdir={one}"]) == 0
+    assert capsys.readouterr().out.strip() == str(one / "curves.png")
+    assert (one / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["plot", f"--workdir={tmp_path}"]) == 2
+    assert "metrics.jsonl has no training rows" in capsys.readouterr().err
     for run in done_runs(runs):
         env = json.loads((workdir / "runs" / run.hash / "env.json").read_text())
         assert env["config_sha256"].startswith(run.hash) and env["seed"] == run.seed
@@ -178,7 +185,14 @@ def test_the_report_compares_cells_across_tasks(tmp_path):
         if run.cell == "method=b,task=t2" and run.seed == 2:
             env["git_dirty"] = True  # one run of one cell from a checkout with changes
         (run_path / "env.json").write_text(json.dumps(env))
-    paths = report.write_report(study, str(workdir))
+        rows = [{"step": s, "loss": value / s} for s in (1, 2, 3)]
+        (run_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pictures = plots.study_plots(study, str(workdir))
+    assert [os.path.basename(p) for p in pictures] == [
+        "learning_curves.png", "metric_0_eval_top1.png", "metric_1_select_oracle_top1.png"
+    ]  # fmt: skip
+    assert all(pathlib.Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
+    paths = report.write_report(study, str(workdir), pictures)
     assert [os.path.basename(p) for p in paths] == ["report.md", "results.csv", "results.tex"]
     rows = report.aggregates(study, str(workdir), "task")
     oracle = "top-1 (oracle: target labels)"
@@ -192,6 +206,7 @@ def test_the_report_compares_cells_across_tasks(tmp_path):
     assert "p_improve" not in rows[0]  # the baseline's own group
     text = (workdir / "report.md").read_text()
     assert "## Across task" in text and "| method=b | top-1 | 0.8" in text
+    assert "![learning_curves.png](learning_curves.png)" in text
     flagged = [p["cell"] for p in report.provenance(study, str(workdir)) if p["disagree"]]
     assert flagged == ["method=b,task=t2"]
     assert (

@@ -163,6 +163,16 @@ def _delta(before, after):
     return jax.tree.map(lambda a, b: np.asarray(b) - np.asarray(a), before, after)
 
 
+def test_a_fixed_temperature_stays_at_its_init():
+    """``model.learn_temperature=False``: the task's parameter groups freeze ``logit_scale``;
+    learned, it moves."""
+    batch = list(_batches(2))
+    for learn in (True, False):
+        config = _config("optim.warmup_steps=0", f"model.learn_temperature={learn}")
+        scale = float(_run(config, {"data": 1}, batch)[1].params["logit_scale"])
+        assert (scale != np.float32(config.model.logit_scale_init)) == learn, (learn, scale)
+
+
 def test_parameter_groups_scale_and_freeze():
     """One group halves the image tower's rate, another freezes the text tower. Without
     clipping: a clip by the global norm would couple the towers (frozen parameters have no
