@@ -138,7 +138,7 @@ def step_table() -> Table:
         "model.remat=none",
     ]
     config = config_lib.load(f"{ROOT}/configs/clip.py:{ARGS.preset}", overrides)
-    setup = train._setup(config, jax.devices()[:1], prepare_data=False)
+    setup = train.setup_run(config, jax.devices()[:1], prepare_data=False)
     compiled, flops = setup.compile_step()
     state, _ = sharded_init(
         setup.init_state, setup.mesh, setup.rng, shardings=setup.state_shardings

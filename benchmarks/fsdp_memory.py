@@ -3,7 +3,7 @@ train step's memory analysis.
 
 For a CLIP preset of ``configs/clip.py`` (default ``vit_b16``) on ``--devices`` simulated CPU
 devices, each mesh preset (``jaxalign.config.MESH_PRESETS``) builds the trainer's own step
-(``train._setup(...).compile_step()``: the state's shardings from the model's logical axis rules,
+(``train.setup_run(...).compile_step()``: the state's shardings from the model's logical axis rules,
 ``.lower().compile()`` on abstract arrays, so nothing is allocated) and reads
 ``compiled.memory_analysis().argument_size_in_bytes``: the bytes of one device's arguments. The
 batch's share (its shard on one device: split over data and fsdp, whole over tensor) is
@@ -68,7 +68,7 @@ def measure(mesh_preset: str) -> dict:
     batch = ARGS.batch_per_device * ARGS.devices
     overrides = [f"train.global_batch_size={batch}", f"objective.tile={batch}"]
     config = config_lib.load(f"{ROOT}/configs/clip.py:{ARGS.preset},{mesh_preset}", overrides)
-    setup = train._setup(config, jax.devices()[: ARGS.devices], prepare_data=False)
+    setup = train.setup_run(config, jax.devices()[: ARGS.devices], prepare_data=False)
     compiled, _ = setup.compile_step()
     stats = compiled.memory_analysis()
     sharding = batch_sharding(setup.mesh)  # over data and fsdp, replicated over tensor

@@ -52,7 +52,7 @@ def measure(batch: int, image_size: int, data_dir: str, from_zeros_batch: bool) 
     devices = jax.devices()
     config_lib.validate(config, len(devices))
     started = time.perf_counter()
-    setup = train._setup(config, devices)
+    setup = train.setup_run(config, devices)
     if from_zeros_batch:
         task, tx = setup.task, setup.tx
         zeros = {k: np.zeros(s.shape, s.dtype) for k, s in task.batch_spec().items()}

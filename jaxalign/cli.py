@@ -108,8 +108,14 @@ def _study(args: argparse.Namespace, overrides: Sequence[str]) -> int:
             by_state = study_lib.status(study, args.workdir)
             print(", ".join(f"{len(by_state[s])} {s}" for s in study_lib.STATES))
             return 0
+        from jaxalign.studies import seed_bundle
+
         final = study_lib.run_study(
-            study, args.workdir, train.train_and_evaluate, retry_failed=args.retry_failed
+            study,
+            args.workdir,
+            train.train_and_evaluate,
+            train_seeds=seed_bundle.train_seeds,
+            retry_failed=args.retry_failed,
         )
     except (ValueError, train.UserError) as error:
         print(f"error: {error}", file=sys.stderr)

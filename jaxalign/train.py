@@ -73,7 +73,7 @@ def _record_changes(workdir: str, step: int, changes: list[tuple[str, Any, Any]]
     run_files.append_json_lines(workdir, "config_changes.jsonl", rows)
 
 
-class _Setup(NamedTuple):
+class RunSetup(NamedTuple):
     """What a run is built from, before any state exists."""
 
     mesh: Mesh
@@ -113,9 +113,9 @@ class _Setup(NamedTuple):
             return traced.lower(lowering_platforms=tuple(platforms) if platforms else None)
 
 
-def _setup(
+def setup_run(
     config: ExperimentConfig, devices: Sequence[jax.Device], *, prepare_data: bool = True
-) -> _Setup:
+) -> RunSetup:
     """Mesh, task with its data, optimizer (with the task's parameter groups), and the state's
     abstract shapes and shardings (``jax.eval_shape`` of the init: nothing is computed).
     ``prepare_data=False`` leaves the data alone (compiling a step without a dataset on disk,
@@ -132,7 +132,7 @@ def _setup(
 
     rng = jax.random.key(config.seed)
     abstract_state, state_shardings = abstract_init(init_state, mesh, rng)
-    return _Setup(mesh, task, tx, schedule, init_state, rng, abstract_state, state_shardings)
+    return RunSetup(mesh, task, tx, schedule, init_state, rng, abstract_state, state_shardings)
 
 
 def _resume_check(
@@ -163,14 +163,17 @@ def _resume_check(
     return config_lib.differences(saved, config)
 
 
-def _write_env(workdir: str, mesh: Mesh, config: ExperimentConfig) -> float | None:
-    """Writes ``env.json`` (with the config's fingerprint and seed); returns the device's peak
-    FLOP/s (None when unknown)."""
+def write_env(
+    workdir: str, mesh: Mesh, config: ExperimentConfig, extra: dict[str, Any] | None = None
+) -> float | None:
+    """Writes ``env.json`` (with the config's fingerprint and seed, and ``extra``); returns
+    the device's peak FLOP/s (None when unknown)."""
     peak = peak_flops(mesh.devices.flat[0].device_kind)
     run_files.write_json(workdir, "env.json", {
         **environment.describe(), "config_sha256": config_lib.fingerprint(config),
         "seed": config.seed, "mesh": dict(mesh.shape), "peak_flops_per_device": peak,
         "peak_flops_source": "dense bfloat16, vendor data sheet" if peak else "unknown device",
+        **(extra or {}),
     })  # fmt: skip
     return peak
 
@@ -226,9 +229,9 @@ def _train(
     config, workdir, devices, checkpointer, changes, progress, started, stop
 ) -> dict[str, Any]:
     """The body of ``train_and_evaluate``, once the config is known to be the run's own."""
-    setup = _setup(config, devices)
+    setup = setup_run(config, devices)
     mesh, task = setup.mesh, setup.task
-    peak = _write_env(workdir, mesh, config)
+    peak = write_env(workdir, mesh, config)
 
     # Resume order:
     #   1. the newest complete, readable checkpoint in workdir/checkpoints gives the state
@@ -351,7 +354,9 @@ def _summarise(loop, stream, eval_row, stopped, started, workdir) -> dict[str, A
     return summary
 
 
-def _transfer(config: ExperimentConfig, state: TrainState, setup: _Setup) -> tuple[TrainState, str]:
+def _transfer(
+    config: ExperimentConfig, state: TrainState, setup: RunSetup
+) -> tuple[TrainState, str]:
     """``state`` with ``config.init_from``'s parameters (and their moving average)."""
     params, model_state, note = load_from_run(
         config.init_from, state.params, state.model_state, setup.abstract_state
@@ -359,7 +364,7 @@ def _transfer(config: ExperimentConfig, state: TrainState, setup: _Setup) -> tup
     return _with_params(state.replace(model_state=model_state), params, setup), note
 
 
-def _pretrained(task: Any, state: TrainState, setup: _Setup) -> tuple[TrainState, str]:
+def _pretrained(task: Any, state: TrainState, setup: RunSetup) -> tuple[TrainState, str]:
     """``state`` with the task's ``load_pretrained`` parameters (a checkpoint from outside
     jaxalign; unchanged, with no note, for a task without one)."""
     load = getattr(task, "load_pretrained", None)  # a task may lack the default
@@ -374,7 +379,7 @@ def _pretrained(task: Any, state: TrainState, setup: _Setup) -> tuple[TrainState
     return _with_params(state, params, setup), note
 
 
-def _with_params(state: TrainState, params: Any, setup: _Setup) -> TrainState:
+def _with_params(state: TrainState, params: Any, setup: RunSetup) -> TrainState:
     """``state`` with these parameters, and its moving average (if any) reset to them."""
     ema = state.ema_params
     if ema is not None:
@@ -403,7 +408,7 @@ def evaluate_workdir(
     config = config_lib.load_json(path)
     devices = jax.devices()
     config_lib.validate(config, num_devices=len(devices))
-    setup = _setup(config, devices)
+    setup = setup_run(config, devices)
     abstract = setup.abstract_state
     checkpointer = Checkpointer(
         run_files.path_of(workdir, "checkpoints"),

@@ -15,7 +15,10 @@ A study file (``configs/studies/*.py``) defines ``get_study()``, returning a dic
 - ``task_axis``: optional, an axis whose values are tasks (domain pairs, datasets): the report
   then compares the other axes' cells across them (``report``);
 - ``curves``: optional, the ``metrics.jsonl`` keys drawn against the step in
-  ``learning_curves.png`` (``plots``; ``("loss",)`` by default).
+  ``learning_curves.png`` (``plots``; ``("loss",)`` by default);
+- ``vmap_seeds``: optional, train the pending seeds of each cell together as one compiled
+  program (``seed_bundle``: one device, no checkpoints; for small models), each still
+  written to its own run directory; False by default.
 
 Layout of ``--workdir=DIR``: ``DIR/runs/<hash>/`` is one run's work directory, named by the
 first 12 hex digits of its resolved config's SHA-256 (``config.fingerprint``, which the run's
@@ -66,6 +69,7 @@ class Study:
     baseline: str
     task_axis: str = ""
     curves: tuple[str, ...] = ("loss",)
+    vmap_seeds: bool = False
 
     @property
     def cells(self) -> list[str]:
@@ -114,6 +118,7 @@ def load_study(path: str) -> Study:
         baseline=str(raw.get("baseline", "") or ""),
         task_axis=str(raw.get("task_axis", "") or ""),
         curves=tuple(map(str, raw.get("curves", ("loss",)))),
+        vmap_seeds=bool(raw.get("vmap_seeds", False)),
     )
     if study.task_axis and study.task_axis not in axes:
         raise ValueError(f"{path}: task_axis {study.task_axis!r} is not an axis: {list(axes)}")
@@ -192,37 +197,53 @@ def run_study(
     workdir: str,
     train: Callable[[Any, str], dict[str, Any]],
     *,
+    train_seeds: Callable[[list[Any], list[str]], Any] | None = None,
     retry_failed: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[Run]]:
     """Trains every pending run (and failed ones with ``retry_failed``) one after another with
-    ``train(config, run_dir)`` (``jaxalign.train.train_and_evaluate``); a run that raises gets
-    ``runs/<hash>.error.json`` (type, message, traceback) and the study goes on. Returns the
-    final status.
-    ``KeyboardInterrupt`` and the trainer's SIGTERM stop (``Preempted``) end the study."""
+    ``train(config, run_dir)`` (``jaxalign.train.train_and_evaluate``), or, with the study's
+    ``vmap_seeds``, each cell's pending seeds together with ``train_seeds(configs, run_dirs)``
+    (``seed_bundle.train_seeds``). A run that raises gets ``runs/<hash>.error.json`` (type,
+    message, traceback; every seed of a bundle that raises) and the study goes on. Returns the
+    final status. ``KeyboardInterrupt`` and the trainer's SIGTERM stop (``Preempted``) end the
+    study."""
     from jaxalign.train_lib.loop import Preempted
 
     runs = expand(study)
     todo = [r for r in runs if state_of(run_dir(workdir, r)) in (
         ("pending", "failed") if retry_failed else ("pending",))]  # fmt: skip
     log(f"study: {len(runs)} runs, {len(todo)} to train, in {workdir}")
-    for n, run in enumerate(todo, 1):
-        path = _prepare(workdir, run)
-        error = path + ".error.json"
-        if os.path.exists(error):
-            os.remove(error)
-        log(f"study: run {n}/{len(todo)}: {run.cell} seed {run.seed} -> runs/{run.hash}")
+    bundled = study.vmap_seeds and train_seeds is not None
+    groups = [[r for r in todo if r.cell == c] for c in dict.fromkeys(r.cell for r in todo)]
+    if not bundled:
+        groups = [[r] for r in todo]
+    done = 0
+    for group in groups:
+        paths = [_prepare(workdir, run) for run in group]
+        for path in paths:
+            if os.path.exists(path + ".error.json"):
+                os.remove(path + ".error.json")
+        done += len(group)
+        names = ", ".join(f"seed {r.seed} -> runs/{r.hash}" for r in group)
+        which = f"run {done}" if len(group) == 1 else f"runs {done - len(group) + 1}-{done}"
+        together = " (one program)" if len(group) > 1 else ""
+        log(f"study: {which}/{len(todo)}: {group[0].cell}{together}: {names}")
+        configs = [config_lib.load(study.base, run.overrides) for run in group]
         try:
-            train(config_lib.load(study.base, run.overrides), path)
+            if bundled:
+                train_seeds(configs, paths)
+            else:
+                train(configs[0], paths[0])
         except (KeyboardInterrupt, Preempted):
             raise
         except Exception as failure:  # any failure of one run: recorded, the study goes on
-            with open(error, "w") as f:
-                json.dump({"type": type(failure).__name__, "message": str(failure),
-                           "traceback": traceback.format_exc()}, f, indent=2)  # fmt: skip
-            log(
-                f"study: run {run.cell} seed {run.seed} failed: {type(failure).__name__}: {failure}"
-            )
+            for path in paths:
+                with open(path + ".error.json", "w") as f:
+                    json.dump({"type": type(failure).__name__, "message": str(failure),
+                               "traceback": traceback.format_exc()}, f, indent=2)  # fmt: skip
+            seeds = [r.seed for r in group]
+            log(f"study: {group[0].cell} seeds {seeds} failed: {type(failure).__name__}: {failure}")
     return status(study, workdir)
 
 

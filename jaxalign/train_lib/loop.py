@@ -256,15 +256,8 @@ class Loop:
             return {}
         if self.fetch_abandoned:  # the fetch thread may still be inside the iterator
             return self.last_data_metrics
-        total: dict[str, Any] = {}
-        for counts in gather_json(method()):
-            for key, value in counts.items():
-                total[key] = total.get(key, 0) + value
-        for key in [k for k in total if k.endswith("data/skipped")]:
-            read = total[key] + total.get(key.replace("/skipped", "/examples"), 0)
-            total[key + "_fraction"] = total[key] / read if read else 0.0
-        self.last_data_metrics = total
-        return total
+        self.last_data_metrics = summed_counts(gather_json(method()))
+        return self.last_data_metrics
 
     def evaluate(self, state: TrainState, step: int, progress: bool | None) -> dict[str, Any]:
         """Runs the task's evals (``state.eval_variables()``); writes and returns the
@@ -288,6 +281,19 @@ class Loop:
             seconds = time.perf_counter() - started
             self.writer.log(f"eval at step {step} ({seconds:.1f} s): {shown}")
         return row
+
+
+def summed_counts(per_process: list[dict[str, Any]]) -> dict[str, Any]:
+    """A stream's ``metrics()`` of each process, summed, with ``.../skipped_fraction`` of the
+    examples read for each ``.../data/skipped`` count."""
+    total: dict[str, Any] = {}
+    for counts in per_process:
+        for key, value in counts.items():
+            total[key] = total.get(key, 0) + value
+    for key in [k for k in total if k.endswith("data/skipped")]:
+        read = total[key] + total.get(key.replace("/skipped", "/examples"), 0)
+        total[key + "_fraction"] = total[key] / read if read else 0.0
+    return total
 
 
 def _skipped_shown(data: dict[str, Any]) -> dict[str, str]:

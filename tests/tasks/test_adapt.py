@@ -72,7 +72,10 @@ if config.objective.method == "dann":
     def error(a, b):  # the largest |a - b| over its allowance (1e-5 of a or of the leaf's max)
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         return float(np.max(np.abs(a - b) / (1e-5 * (np.abs(a) + max(np.abs(a).max(), 0.1)))))
-    setups = [train._setup(config_one, jax.devices()[:1]), train._setup(config, jax.devices())]
+    setups = [
+        train.setup_run(config_one, jax.devices()[:1]),
+        train.setup_run(config, jax.devices()),
+    ]
     steps = [setup.compile_step()[0] for setup in setups]
     state, _ = sharded_init(setups[0].init_state, setups[0].mesh, setups[0].rng,
                             shardings=setups[0].state_shardings)

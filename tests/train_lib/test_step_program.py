@@ -36,7 +36,7 @@ SIZES = {
 def _setup(mesh: str, **extra):
     overrides = [f"--config.{k}={v}" for k, v in {**SIZES, **extra}.items()]
     config = config_lib.load(f"{CONFIG}:tiny,{mesh}", overrides)
-    return train._setup(config, jax.devices(), prepare_data=False)
+    return train.setup_run(config, jax.devices(), prepare_data=False)
 
 
 def _operand_types(line: str) -> list[str]:
