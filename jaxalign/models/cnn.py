@@ -9,7 +9,7 @@ norm, so the features never depend on how the batch is split over devices.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import chex
 import flax.linen as nn
@@ -19,8 +19,81 @@ import jax.numpy as jnp
 from jaxalign.models.layers import REMAT_POLICIES, Dtype, dense
 
 
+def _one_per_index(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``fn`` whose ``jax.vmap`` calls ``fn`` once per index of the mapped axis (unrolled)
+    and stacks the results, instead of batching its operations."""
+    mapped = jax.custom_batching.custom_vmap(fn)
+
+    @mapped.def_vmap
+    def rule(axis_size: int, in_batched: Sequence[bool], *args: jax.Array):
+        args = [a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+                for a, batched in zip(args, in_batched, strict=True)]  # fmt: skip
+        outs = [mapped(*(a[i] for a in args)) for i in range(axis_size)]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+        return stacked, jax.tree.map(lambda _: True, stacked)
+
+    return mapped
+
+
+def one_per_index(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``fn`` (of arrays, to one array) with its values and gradients, except that under
+    ``jax.vmap`` it runs once per index of the mapped axis, forward and backward, instead of
+    batching its operations. For convolutions over different kernels (a study's seeds trained
+    together, ``jaxalign.studies.seed_bundle``): XLA's CPU backend turns a vmapped convolution
+    into a grouped one, measured 30x slower (forward) than the convolutions one by one
+    (docs/benchmarks.md, "Seeds as one program")."""
+    forward = _one_per_index(fn)
+    backward = _one_per_index(lambda *args: jax.vjp(fn, *args[:-1])[1](args[-1]))
+
+    @jax.custom_vjp
+    def wrapped(*args: jax.Array) -> jax.Array:
+        return forward(*args)
+
+    wrapped.defvjp(lambda *args: (forward(*args), args), lambda saved, g: backward(*saved, g))
+    return wrapped
+
+
+def _stage(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """Conv (stride 1, SAME) + bias, ReLU, 2x2 max-pool."""
+    y = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return nn.max_pool(nn.relu(y + bias), (2, 2), strides=(2, 2))
+
+
+conv_stage = one_per_index(_stage)
+
+
+class ConvParams(nn.Module):
+    """``nn.Conv``'s parameters, with their logical axes: ``(kernel [k, k, c, channels],
+    bias [channels])`` for ``c`` input channels."""
+
+    channels: int
+    kernel_size: int
+
+    @nn.compact
+    def __call__(self, in_channels: int) -> tuple[jax.Array, jax.Array]:
+        size = (self.kernel_size, self.kernel_size, in_channels, self.channels)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), (None, None, "channels", "conv_out")
+            ),
+            size,
+            jnp.float32,
+        )
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
+            (self.channels,),
+            jnp.float32,
+        )
+        return kernel, bias
+
+
 class ConvStage(nn.Module):
-    """``[batch, h, w, c] -> [batch, h / 2, w / 2, channels]``: conv, ReLU, 2x2 max-pool."""
+    """``[batch, h, w, c] -> [batch, h / 2, w / 2, channels]``: conv, ReLU, 2x2 max-pool
+    (``conv_stage``: one per index under ``jax.vmap``)."""
 
     channels: int
     kernel_size: int
@@ -28,19 +101,8 @@ class ConvStage(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Conv(
-            self.channels,
-            (self.kernel_size, self.kernel_size),
-            padding="SAME",
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.lecun_normal(), (None, None, "channels", "conv_out")
-            ),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
-            name="conv",
-        )(x)
-        return nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        kernel, bias = ConvParams(self.channels, self.kernel_size, name="conv")(x.shape[-1])
+        return conv_stage(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype))
 
 
 class ConvNet(nn.Module):

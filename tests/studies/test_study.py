@@ -137,6 +137,18 @@ def done_runs(runs):
     return [r for r in runs if r.cell == "batch=b16"]
 
 
+def test_the_shipped_studies_expand(monkeypatch):
+    """Every override of every shipped study names a real key with a valid value."""
+    monkeypatch.chdir(ROOT)  # their base specs are relative, as a user runs them
+    counts = {}
+    for path in sorted((ROOT / "configs" / "studies").glob("*.py")):
+        study = study_lib.load_study(str(path))
+        runs = study_lib.expand(study)
+        assert len({r.hash for r in runs}) == len(runs) == len(study.cells) * len(study.seeds)
+        counts[path.stem] = len(runs)
+    assert counts == {"adapt_digits": 40, "clip_batch_temperature": 18}
+
+
 def test_a_bad_study_file_is_named(tmp_path, capsys):
     path = tmp_path / "bad.py"
     path.write_text("def get_study():\n    return dict(base='configs/clip.py:tiny', seeds=(0,))\n")
