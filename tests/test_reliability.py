@@ -279,11 +279,11 @@ def test_ctrl_c_while_compiling_stops_cleanly(data_dir, tmp_path):
         """
         import os, signal, sys
         from jaxalign import cli, train
-        compile_step = train._Setup.compile_step
+        compile_step = train.RunSetup.compile_step
         def interrupted(self):
             os.kill(os.getpid(), signal.SIGINT)
             return compile_step(self)
-        train._Setup.compile_step = interrupted
+        train.RunSetup.compile_step = interrupted
         cli.run()
         """
     )

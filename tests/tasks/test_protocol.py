@@ -192,6 +192,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             keep_checkpoints=2,
             eval_every=5,
             max_failed_saves=3,
+            timing_in_metrics=True,
         )
     )
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
