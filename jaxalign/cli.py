@@ -5,7 +5,7 @@ jaxalign train --config=configs/clip.py:demo --workdir=runs/demo [--config.KEY=V
     multi-process: JAXALIGN_* or SLURM variables, or --coordinator / --num-processes /
     --process-id, or --distributed (TPU pods); see jaxalign.parallel.distributed and launch/
 jaxalign eval --workdir=runs/demo   # the run's evals again, from its newest checkpoint
-jaxalign study --config=configs/studies/X.py --workdir=studies/X [--status | --print-launch]
+jaxalign study --config=configs/studies/X.py --workdir=studies/X [--jobs=N | --status]
 jaxalign plot --workdir=runs/demo   # the run's curves: runs/demo/curves.png
 jaxalign env                        # versions, devices, processes and commit, as JSON
 
@@ -115,6 +115,7 @@ def _study(args: argparse.Namespace, overrides: Sequence[str]) -> int:
             args.workdir,
             train.train_and_evaluate,
             train_seeds=seed_bundle.train_seeds,
+            jobs=args.jobs,
             retry_failed=args.retry_failed,
         )
     except (ValueError, train.UserError) as error:
@@ -180,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--workdir", required=True, help="the study's directory")
     study.add_argument("--status", action="store_true", help="count runs by state and stop")
     study.add_argument("--retry-failed", action="store_true", help="train failed runs again")
+    study.add_argument(
+        "--jobs", type=int, default=1, help="runs trained at a time, each its own process"
+    )
     study.add_argument(
         "--print-launch",
         nargs="?",

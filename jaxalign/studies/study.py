@@ -33,11 +33,16 @@ leaves done and failed ones alone (``retry_failed`` retries the failed).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import fcntl
+import itertools
 import json
 import os
 import shlex
+import signal
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -198,18 +203,22 @@ def run_study(
     train: Callable[[Any, str], dict[str, Any]],
     *,
     train_seeds: Callable[[list[Any], list[str]], Any] | None = None,
+    jobs: int = 1,
     retry_failed: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, list[Run]]:
-    """Trains every pending run (and failed ones with ``retry_failed``) one after another with
-    ``train(config, run_dir)`` (``jaxalign.train.train_and_evaluate``), or, with the study's
-    ``vmap_seeds``, each cell's pending seeds together with ``train_seeds(configs, run_dirs)``
-    (``seed_bundle.train_seeds``). A run that raises gets ``runs/<hash>.error.json`` (type,
-    message, traceback; every seed of a bundle that raises) and the study goes on. Returns the
-    final status. ``KeyboardInterrupt`` and the trainer's SIGTERM stop (``Preempted``) end the
-    study."""
+    """Trains every pending run (and failed ones with ``retry_failed``): one after another
+    with ``train(config, run_dir)`` (``jaxalign.train.train_and_evaluate``); with ``jobs > 1``,
+    that many at a time, each a ``jaxalign train`` process (its output in
+    ``runs/<hash>.log``); with the study's ``vmap_seeds``, each cell's pending seeds together
+    with ``train_seeds(configs, run_dirs)`` (``seed_bundle.train_seeds``). A run that fails
+    gets ``runs/<hash>.error.json`` (type, message, traceback; every seed of a bundle that
+    raises) and the study goes on. Returns the final status. ``KeyboardInterrupt`` and the
+    trainer's SIGTERM stop (``Preempted``) end the study."""
     from jaxalign.train_lib.loop import Preempted
 
+    if jobs < 1 or (jobs > 1 and study.vmap_seeds):
+        raise ValueError(f"jobs={jobs}: at least 1, and 1 with vmap_seeds (one program a cell)")
     runs = expand(study)
     todo = [r for r in runs if state_of(run_dir(workdir, r)) in (
         ("pending", "failed") if retry_failed else ("pending",))]  # fmt: skip
@@ -218,23 +227,27 @@ def run_study(
     groups = [[r for r in todo if r.cell == c] for c in dict.fromkeys(r.cell for r in todo)]
     if not bundled:
         groups = [[r] for r in todo]
-    done = 0
-    for group in groups:
+    starts = list(itertools.accumulate([0, *map(len, groups)]))
+
+    def attempt(number: int, group: list[Run]) -> None:
         paths = [_prepare(workdir, run) for run in group]
         for path in paths:
             if os.path.exists(path + ".error.json"):
                 os.remove(path + ".error.json")
-        done += len(group)
+        first, last = starts[number] + 1, starts[number + 1]
         names = ", ".join(f"seed {r.seed} -> runs/{r.hash}" for r in group)
-        which = f"run {done}" if len(group) == 1 else f"runs {done - len(group) + 1}-{done}"
+        which = f"run {last}" if first == last else f"runs {first}-{last}"
         together = " (one program)" if len(group) > 1 else ""
         log(f"study: {which}/{len(todo)}: {group[0].cell}{together}: {names}")
-        configs = [config_lib.load(study.base, run.overrides) for run in group]
         try:
-            if bundled:
-                train_seeds(configs, paths)
+            if jobs > 1:
+                _train_process(study, group[0], paths[0])
             else:
-                train(configs[0], paths[0])
+                configs = [config_lib.load(study.base, run.overrides) for run in group]
+                if bundled:
+                    train_seeds(configs, paths)
+                else:
+                    train(configs[0], paths[0])
         except (KeyboardInterrupt, Preempted):
             raise
         except Exception as failure:  # any failure of one run: recorded, the study goes on
@@ -244,7 +257,45 @@ def run_study(
                                "traceback": traceback.format_exc()}, f, indent=2)  # fmt: skip
             seeds = [r.seed for r in group]
             log(f"study: {group[0].cell} seeds {seeds} failed: {type(failure).__name__}: {failure}")
+
+    if jobs == 1:
+        for number, group in enumerate(groups):
+            attempt(number, group)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            for future in [pool.submit(attempt, n, g) for n, g in enumerate(groups)]:
+                future.result()  # a stop (Preempted) raised in a worker ends the study here
     return status(study, workdir)
+
+
+class RunFailed(Exception):
+    """A ``jaxalign train`` process of the study exited with an error."""
+
+
+def train_words(study: Study, run: Run, path: str) -> list[str]:
+    """The ``jaxalign train`` command line of ``run`` in ``path``, as words."""
+    words = ["jaxalign", "train", f"--config={study.base}", f"--workdir={path}"]
+    return words + [f"--config.{o}" for o in run.overrides]
+
+
+def _train_process(study: Study, run: Run, path: str) -> None:
+    """Trains ``run`` in a ``python -m jaxalign train`` process, its output in
+    ``path.log``; raises ``RunFailed`` (the exit status and the log's last line) when it fails,
+    ``Preempted`` when it was stopped by a signal after saving."""
+    from jaxalign.train_lib.loop import Preempted
+    from jaxalign.train_lib.preemption import PREEMPTED_EXIT_CODE
+
+    command = [sys.executable, "-m", *train_words(study, run, path)]  # -m jaxalign train ...
+    with open(path + ".log", "w") as out:
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+    if code in (PREEMPTED_EXIT_CODE, 130, -signal.SIGINT, -signal.SIGTERM):
+        raise Preempted(0, f"a signal (exit status {code})", f"see {path}.log")
+    if code:
+        with open(path + ".log") as f:
+            lines = [line.strip() for line in f if line.strip()]
+        errors = [n for n, line in enumerate(lines) if line.startswith("error:")]
+        said = " ".join(lines[errors[-1] if errors else -1 :]) if lines else "no output"
+        raise RunFailed(f"exit status {code}: {said} ({path}.log)")
 
 
 def launch_commands(study: Study, workdir: str, launcher: Sequence[str] = ()) -> list[str]:
@@ -255,7 +306,5 @@ def launch_commands(study: Study, workdir: str, launcher: Sequence[str] = ()) ->
         path = run_dir(workdir, run)
         if state_of(path) == "done":
             continue
-        words = [*launcher, "jaxalign", "train", f"--config={study.base}", f"--workdir={path}"]
-        words += [f"--config.{o}" for o in run.overrides]
-        lines.append(shlex.join(words))
+        lines.append(shlex.join([*launcher, *train_words(study, run, path)]))
     return lines

@@ -16,7 +16,7 @@ from jaxalign import cli, train
 from jaxalign import config as config_lib
 from jaxalign.studies import plots, report, statistics
 from jaxalign.studies import study as study_lib
-from tests.trainer_child import run_python, signal_hook
+from tests.trainer_child import compilation_cache_dir, run_python, signal_hook
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
@@ -45,10 +45,11 @@ def study_file(tmp_path, builtin_data_dir):
     return str(path)
 
 
-def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys):
+def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys, monkeypatch):
     """The study process is killed (SIGKILL) in its second run at step 3, after that run's
-    checkpoint 2; the rerun trains the rest, that run from its checkpoint, records the failing
-    cell's errors and reports; every finished run repeats bit for bit."""
+    checkpoint 2; the rerun (``--jobs=2``: processes) trains the rest, that run from its
+    checkpoint, records the failing cell's errors and reports; a run cut short is the only one
+    trained by the next rerun (in this process); every finished run repeats bit for bit."""
     workdir = tmp_path / "study"
     args = ["study", f"--config={study_file}", f"--workdir={workdir}"]
     study = study_lib.load_study(study_file)
@@ -61,10 +62,15 @@ def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys)
     assert cli.main([*args, "--status"]) == 0
     assert capsys.readouterr().out.strip() == "1 done, 0 running, 0 failed, 3 pending"
 
-    assert cli.main(args) == 1  # some runs failed
+    # The rest two at a time, each a `jaxalign train` process (the tests' devices and
+    # compilation cache through the environment).
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", compilation_cache_dir())
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    assert cli.main([*args, "--jobs=2"]) == 1  # some runs failed
     out = capsys.readouterr().out
-    assert "study: 4 runs, 3 to train" in out and "resumed from checkpoint 2" in out
-    assert "2 done, 0 running, 2 failed, 0 pending" in out
+    assert "study: 4 runs, 3 to train" in out and "2 done, 0 running, 2 failed, 0 pending" in out
+    log = (workdir / "runs" / f"{runs[1].hash}.log").read_text()
+    assert "resumed from checkpoint 2" in log
 
     assert len({r.hash for r in runs}) == 4
     for run in runs:
@@ -74,7 +80,8 @@ def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys)
         assert os.path.realpath(workdir / "names" / run.cell / f"seed_{run.seed}") == str(path)
         if run.cell == "batch=b12":
             error = json.loads((workdir / "runs" / f"{run.hash}.error.json").read_text())
-            assert error["type"] == "ConfigError" and "global_batch_size" in error["message"]
+            assert error["type"] == "RunFailed" and "exit status 2: error: " in error["message"]
+            assert "config.train.global_batch_size=12" in error["message"]
         else:
             summary = json.loads((path / "summary.json").read_text())
             assert (
@@ -92,7 +99,7 @@ def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys)
     assert float(row["mean"]) == pytest.approx(np.mean(values))
     assert float(row["std"]) == pytest.approx(np.std(values, ddof=1))
     report = (workdir / "report.md").read_text()
-    assert "## Failed runs" in report and "batch=b12, seed 0: ConfigError" in report
+    assert "## Failed runs" in report and "batch=b12, seed 0: RunFailed: exit status 2" in report
     assert "\\begin{tabular}" in (workdir / "results.tex").read_text()
     assert "| batch=b16 | 0 1 | " in report and report.rstrip().endswith("| ok |")
     assert "![learning_curves.png](learning_curves.png)" in report
