@@ -38,6 +38,7 @@ from jaxalign.data import elastic
 from jaxalign.errors import RunStopped, UserError, WorkdirError
 from jaxalign.parallel import batch_sharding, make_mesh
 from jaxalign.parallel.mesh import describe_mesh
+from jaxalign.parallel.multihost import meet
 from jaxalign.parallel.sharding import abstract_init, activation_context, sharded_init
 from jaxalign.schema import ConfigError, ExperimentConfig
 from jaxalign.tasks import Task, get_task
@@ -263,6 +264,7 @@ def _train(
                 state, note = _transfer(config, state, setup)
                 notes.append(note)
         compiled, flops = setup.compile_step()
+        meet("step compiled")  # processes that compiled unevenly meet before a collective
         probe = getattr(task, "objective_probe", lambda: None)
         # Every process times it (its collectives span them all); not for a finished run.
         objective_s = objective_seconds(probe()) if start_step < config.train.steps else None

@@ -25,7 +25,7 @@ from jaxalign import train
 from jaxalign.data import elastic
 from jaxalign.train_lib.checkpoint import Checkpointer
 from jaxalign.train_lib.metric_writers import read_metrics
-from tests import restore_probe
+from tests import lagging_child, restore_probe
 from tests.trainer_child import cache_env, losses, saved_subtree, wrap_clip_stream
 from tests.xla_flags import with_devices
 
@@ -45,6 +45,7 @@ LAYOUTS = {"1x8": (1, 8), "2x4": (2, 4), "4x2": (4, 2)}  # processes x devices p
 # A hang guard for each multi-process run, not a speed bound: a 4-process run that takes 64 s
 # alone took over 300 s once while the other test worker compiled beside it on 2 cores.
 HANG_S = 600
+LAG_S = 35  # one process's delay in the 4x2 run: more than gloo's 30 s rendezvous deadline
 
 
 def _free_port() -> int:
@@ -93,8 +94,9 @@ def runs(builtin_data_dir, tmp_path_factory, shared_compilation_cache):
     the 2x4 pair's preemption checkpoint):
     ``1x8`` in this process (the global batch of every step recorded), ``2x4`` stopped by a
     SIGTERM to its process 1 once step 2 is logged and restarted by the same command, ``4x2``
-    straight through. Returns their work directories, the recorded batches, and what the
-    stopped pair did (for the preemption test)."""
+    straight through, its process 3 ``LAG_S`` late after compiling. Returns their work
+    directories, the recorded batches, and what the stopped pair did (for the preemption
+    test)."""
     base = tmp_path_factory.mktemp("layouts")
     batches: dict[int, list[str]] = {}
 
@@ -121,7 +123,10 @@ def runs(builtin_data_dir, tmp_path_factory, shared_compilation_cache):
     restart = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HANG_S)
     process_1 = (base / "logs_2x4" / "process_1.log").read_text()
 
-    command, env = _launch("4x2", builtin_data_dir, base / "4x2", base / "logs_4x2")
+    # Process 3 starts its steps 35 s after the others (gloo's collectives give up at 30 s):
+    # the processes meet at the coordinator's barrier first.
+    lagging = lagging_child.interpreter(base, process=3, seconds=LAG_S)
+    command, env = _launch("4x2", builtin_data_dir, base / "4x2", base / "logs_4x2", lagging)
     four = subprocess.run(command, capture_output=True, text=True, env=env, timeout=HANG_S)
     assert four.returncode == 0, four.stderr[-3000:]
     return {"base": base, "summary": summary, "batches": batches, "stop": stop,

@@ -1,14 +1,19 @@
 """What processes of one run do together outside the compiled step: gather small JSON values,
-and let process 0 go first on shared work (building a dataset on a shared disk)."""
+wait for each other, and let process 0 go first on shared work (building a dataset on a shared
+disk)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+
+# Barrier names are single-use in the coordination service: each meeting gets a number.
+_MEETINGS = itertools.count()
 
 
 def gather_json(value: Any) -> list[Any]:
@@ -26,14 +31,28 @@ def gather_json(value: Any) -> list[Any]:
     return [json.loads(row[:n].tobytes()) for row, n in zip(rows, lengths, strict=True)]
 
 
+def meet(name: str, *, timeout_s: float = 1800) -> None:
+    """Every process waits here until all have arrived (nothing with one process).
+
+    The coordination service's barrier (``jax.distributed``'s client), not a collective: a
+    collective on CPU (gloo) gives up when its peers arrive more than 30 s apart, which a
+    process that compiles or builds data slower than the others (a loaded machine) exceeds.
+    Call it before the first collective that follows uneven work. Every process calls it at
+    the same point, with the same ``name``.
+    """
+    if jax.process_count() == 1:
+        return
+    from orbax.checkpoint import multihost as orbax_multihost
+
+    wait = orbax_multihost.get_barrier_sync_fn()
+    wait(key=f"jaxalign/{next(_MEETINGS)}/{name}", timeout_ms=int(timeout_s * 1000))
+
+
 def on_every_process(build: Callable[[], None]) -> None:
     """Runs ``build`` on process 0, then, after all processes meet, on the others: they find
     what process 0 built (a shared disk) or build their own copy (a local one)."""
     if jax.process_index() == 0:
         build()
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("jaxalign: data prepared")
-        if jax.process_index() > 0:
-            build()
+    meet("data prepared")
+    if jax.process_index() > 0:
+        build()

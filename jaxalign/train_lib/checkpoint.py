@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxalign.errors import ConfigError, DataError
-from jaxalign.parallel.multihost import gather_json
+from jaxalign.parallel.multihost import gather_json, meet
 from jaxalign.train_lib.workdir import is_uri
 
 STATE, DATA = "state", "data"
@@ -234,10 +234,7 @@ class Checkpointer:
                 _move_tree(source, target)
             notes.append(f"checkpoint {source} does not read ({why}); moved to {target}")
         if failures and not self._read_only:
-            if jax.process_count() > 1:
-                from jax.experimental import multihost_utils
-
-                multihost_utils.sync_global_devices("jaxalign: corrupt checkpoints moved")
+            meet("corrupt checkpoints moved")
             self._manager.reload()
         return notes
 

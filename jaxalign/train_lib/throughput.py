@@ -31,6 +31,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxalign.parallel.multihost import meet
+
 # Dense bfloat16 peak FLOP/s per device, from the vendors' data sheets, keyed by a substring of
 # ``jax.Device.device_kind`` (checked in order; the first match wins).
 PEAK_FLOPS: tuple[tuple[str, float], ...] = (
@@ -91,11 +93,13 @@ def objective_seconds(
         for k, s in zip(keys, leaves, strict=True)
     ]
     args = jax.tree.unflatten(tree, values)
-    jax.block_until_ready(grad(args))  # compiles
+    compiled = grad.lower(args).compile()
+    meet("objective probe compiled")  # the processes' first collective follows
+    jax.block_until_ready(compiled(args))  # warm-up
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        jax.block_until_ready(grad(args))
+        jax.block_until_ready(compiled(args))
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
