@@ -153,18 +153,20 @@ def _counts(iterator: Any) -> dict[str, Any]:
 
 def _loop(config, setups, iterators, writers, seeds, log) -> tuple[list[dict], list[int]]:
     """Steps 1 -> ``train.steps`` of every seed; logs and evaluates as ``jaxalign train``
-    does; returns each seed's last eval row and its count of skipped non-finite updates."""
+    does; returns each seed's last eval row and its count of skipped non-finite updates.
+
+    As in ``train_lib.loop``, a step's metrics are read back after the next step is
+    dispatched, so the host reads the next batches while the device computes."""
     total, train_config = config.train.steps, config.train
     step_fn, schedule = _bundled_step(setups[0]), setups[0].schedule
     state = _init(setups)
     seeds_array = jnp.asarray(seeds)
     eval_rows: list[dict[str, Any]] = [{} for _ in setups]
-    clock, examples = time.perf_counter(), 0
-    for step in range(1, total + 1):
-        batch = _stack([next(it) for it in iterators])
-        state, metrics = step_fn(state, batch, seeds_array)
+    clock, nonfinite = time.perf_counter(), [0 for _ in seeds]
+
+    def finish(step: int, metrics: dict[str, jax.Array]) -> None:
         metrics = jax.device_get(metrics)
-        examples += len(seeds) * train_config.global_batch_size
+        nonfinite[:] = [int(x) for x in metrics["nonfinite_total"]]
         streaks = metrics.pop("nonfinite_in_a_row")
         if streaks.max() >= config.optim.max_nonfinite_in_a_row:
             bad = [s for s, n in zip(seeds, streaks, strict=True) if n == streaks.max()]
@@ -177,10 +179,21 @@ def _loop(config, setups, iterators, writers, seeds, log) -> tuple[list[dict], l
                 row = {k: v[n] for k, v in metrics.items()}
                 applied = step - 1 - (int(row["nonfinite_total"]) - int(row["skipped"]))
                 writer.write(step, {**row, "lr": schedule(applied), **_counts(iterator)})
+            examples = step * len(seeds) * train_config.global_batch_size
             rate = examples / (time.perf_counter() - clock)
             losses = " ".join(f"{float(x):.5g}" for x in metrics["loss"])
             log(f"seeds {seeds} step {step}: loss {losses}; {rate:.1f} examples/s in all")
+
+    pending = None
+    for step in range(1, total + 1):
+        batch = _stack([next(it) for it in iterators])
+        state, metrics = step_fn(state, batch, seeds_array)
+        if pending is not None:
+            finish(*pending)
+        pending = (step, metrics)
         if step % train_config.eval_every == 0 or step == total:
+            finish(*pending)
+            pending = None
             variables = state.eval_variables()
             for n, (setup, writer) in enumerate(zip(setups, writers, strict=True)):
                 mine = jax.tree.map(lambda x, n=n: x[n], variables)
@@ -188,4 +201,4 @@ def _loop(config, setups, iterators, writers, seeds, log) -> tuple[list[dict], l
                 eval_rows[n] = {f"eval/{k}": v for k, v in results.items()}
                 if eval_rows[n]:
                     writer.write(step, eval_rows[n])
-    return eval_rows, [int(x) for x in metrics["nonfinite_total"]]
+    return eval_rows, nonfinite
