@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -145,11 +146,11 @@ def metric_plot(study: Study, workdir: str, metric: dict[str, Any], path: str) -
                             capsize=3, label=(other or "all") if x == 0 else None)  # fmt: skip
         ax.set_xticks(range(len(ticks)), ticks, rotation=20 if len(ticks) > 3 else 0)
         ax.set_xlabel(axis)
-        ax.set_ylabel(label_of(metric), fontsize=8)
+        ax.set_ylabel(textwrap.fill(label_of(metric), 34), fontsize=8)
         ax.grid(alpha=0.3, axis="y")
         if len(others) > 1:
             ax.legend(fontsize=7)
-    figure.suptitle(f"{label_of(metric)}: each seed (dots), mean and 95% t interval", fontsize=9)
+    figure.suptitle(f"{label_of(metric)}\neach seed (dots), mean and 95% t interval", fontsize=9)
     figure.savefig(path, dpi=110)
     return path
 
