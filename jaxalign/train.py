@@ -36,8 +36,7 @@ from jaxalign import config as config_lib
 from jaxalign import environment
 from jaxalign.data import elastic
 from jaxalign.errors import RunStopped, UserError, WorkdirError
-from jaxalign.parallel import batch_sharding, make_mesh
-from jaxalign.parallel.mesh import describe_mesh
+from jaxalign.parallel import batch_sharding, describe_mesh, make_mesh
 from jaxalign.parallel.multihost import meet
 from jaxalign.parallel.sharding import abstract_init, activation_context, sharded_init
 from jaxalign.schema import ConfigError, ExperimentConfig
@@ -264,9 +263,8 @@ def _train(
                 state, note = _transfer(config, state, setup)
                 notes.append(note)
         compiled, flops = setup.compile_step()
-        meet("step compiled")  # processes that compiled unevenly meet before a collective
-        probe = getattr(task, "objective_probe", lambda: None)
-        # Every process times it (its collectives span them all); not for a finished run.
+        meet("step compiled")  # uneven compiles meet before a collective (gloo waits 30 s)
+        probe = getattr(task, "objective_probe", lambda: None)  # timed by every process
         objective_s = objective_seconds(probe()) if start_step < config.train.steps else None
         if jax.process_index() == 0:  # the run starts: the config is its own now
             config_lib.save(config, workdir)
