@@ -7,22 +7,15 @@ slower than the others). ``LAG_PROCESS``: that process's index; ``LAG_S``: the s
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
+
+from tests.trainer_child import child_interpreter
 
 
 def interpreter(directory, process: int, seconds: float) -> str:
     """Writes ``directory/python`` (process ``process`` lags ``seconds``); returns its path."""
-    path = os.path.join(directory, "python")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(path, "w") as f:  # from the repository root, as ``python -m tests.lagging_child``
-        f.write(
-            f"#!/bin/sh\ncd {shlex.quote(root)} && LAG_PROCESS={process} LAG_S={seconds} "
-            f'exec {shlex.quote(sys.executable)} -m tests.lagging_child "$@"\n'
-        )
-    os.chmod(path, 0o755)
-    return path
+    return child_interpreter(directory, "tests.lagging_child", LAG_PROCESS=process, LAG_S=seconds)
 
 
 def main(argv: list[str]) -> int:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from tests.trainer_child import child_interpreter
 
 
 def fingerprints(batch: dict[str, Any]) -> list[str]:
@@ -116,15 +117,7 @@ def restored_shards(path, part: str) -> dict[int, list[tuple[tuple[slice, ...], 
 def probe_interpreter(directory) -> str:
     """Writes ``directory/python``: an interpreter for ``launch/local.sh``'s ``PYTHON`` that
     runs the trainer under this probe, recording into ``directory``; returns its path."""
-    path = os.path.join(directory, "python")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(path, "w") as f:  # from the repository root, as ``python -m tests.restore_probe``
-        f.write(
-            f"#!/bin/sh\ncd {shlex.quote(root)} && RESTORE_PROBE_DIR={shlex.quote(str(directory))} "
-            f'exec {shlex.quote(sys.executable)} -m tests.restore_probe "$@"\n'
-        )
-    os.chmod(path, 0o755)
-    return path
+    return child_interpreter(directory, "tests.restore_probe", RESTORE_PROBE_DIR=directory)
 
 
 def main(argv: list[str]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -201,3 +202,19 @@ def saved_subtree(workdir, *path: str, step: int | None = None) -> dict:
     for name in path:
         part = part[name]
     return jax.device_get(part)
+
+
+def child_interpreter(directory, module: str, **env: object) -> str:
+    """Writes ``directory/python``: an interpreter for ``launch/local.sh``'s ``PYTHON`` that
+    runs ``python -m <module> <its arguments>`` from the repository root with ``env`` set;
+    returns its path."""
+    path = os.path.join(directory, "python")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assigned = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
+    with open(path, "w") as f:
+        f.write(
+            f"#!/bin/sh\ncd {shlex.quote(root)} && {assigned} "
+            f'exec {shlex.quote(sys.executable)} -m {module} "$@"\n'
+        )
+    os.chmod(path, 0o755)
+    return path
