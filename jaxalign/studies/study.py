@@ -263,8 +263,13 @@ def run_study(
             attempt(number, group)
     else:
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            for future in [pool.submit(attempt, n, g) for n, g in enumerate(groups)]:
-                future.result()  # a stop (Preempted) raised in a worker ends the study here
+            futures = [pool.submit(attempt, n, g) for n, g in enumerate(groups)]
+            try:
+                for future in futures:
+                    future.result()  # a stop (Preempted, Ctrl-C) in any run ends the study
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # no queued run starts
+                raise
     return status(study, workdir)
 
 
@@ -279,9 +284,9 @@ def train_words(study: Study, run: Run, path: str) -> list[str]:
 
 
 def _train_process(study: Study, run: Run, path: str) -> None:
-    """Trains ``run`` in a ``python -m jaxalign train`` process, its output in
-    ``path.log``; raises ``RunFailed`` (the exit status and the log's last line) when it fails,
-    ``Preempted`` when it was stopped by a signal after saving."""
+    """Trains ``run`` in a ``python -m jaxalign train`` process, its output in ``path.log``;
+    raises ``RunFailed`` (the exit status and the log from its last ``error:`` line) when it
+    fails, ``Preempted`` when it was stopped by a signal after saving."""
     from jaxalign.train_lib.loop import Preempted
     from jaxalign.train_lib.preemption import PREEMPTED_EXIT_CODE
 
