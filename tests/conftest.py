@@ -27,6 +27,12 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
+from tests.trainer_child import compilation_cache_dir  # noqa: E402
+
+# The session's compilation cache, made here in pytest's main process before it starts the test
+# workers, so that they and the processes they start share it (``shared_compilation_cache``).
+compilation_cache_dir()
+
 # Each hypothesis example may compile; keep the profile small and free of wall-clock deadlines.
 settings.register_profile("jaxalign", max_examples=25, deadline=None, derandomize=True)
 settings.load_profile("jaxalign")
@@ -56,11 +62,11 @@ def shapes_data_dir(builtin_data_dir):
     return builtin_data_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def shared_compilation_cache():
-    """``tests.trainer_child.compilation_cache`` for a whole module: its trainer runs load the
-    programs an earlier run of the same config compiled. A module opts in with
-    ``pytestmark = pytest.mark.usefixtures("shared_compilation_cache")``."""
+    """``tests.trainer_child.compilation_cache`` for the whole session, in each test worker: a
+    program an earlier test compiled (in this worker, the other one or a child process) is
+    loaded, not compiled again."""
     from tests.trainer_child import compilation_cache
 
     with compilation_cache():

@@ -23,8 +23,6 @@ from tests.fake_bucket import fake_bucket
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "clip.py")
 SCHEDULE = {"train.steps": 6, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
-
 
 def _args(workdir: str, data_dir: str, **extra) -> list[str]:
     values = {"data.data_dir": data_dir, "train.eval_every": 6, **SCHEDULE, **extra}

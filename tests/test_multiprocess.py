@@ -89,7 +89,7 @@ def _config(data_dir):
 
 
 @pytest.fixture(scope="module")
-def runs(builtin_data_dir, tmp_path_factory, shared_compilation_cache):
+def runs(builtin_data_dir, tmp_path_factory):
     """The matrix's three uninterrupted runs, each to step 8 with checkpoints 4 and 8 kept (and
     the 2x4 pair's preemption checkpoint):
     ``1x8`` in this process (the global batch of every step recorded), ``2x4`` stopped by a

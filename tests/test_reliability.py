@@ -42,9 +42,6 @@ def data_dir(shapes_data_dir):
     return shapes_data_dir
 
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
-
-
 def _args(workdir, data_dir, **overrides):
     values = {"data.data_dir": data_dir, "train.log_every": 1, **overrides}
     return [f"--config={CONFIG}:tiny", f"--workdir={workdir}"] + [

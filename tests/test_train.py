@@ -31,9 +31,6 @@ def data_dir(shapes_data_dir):
     return shapes_data_dir
 
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
-
-
 def _overrides(data_dir, **extra):
     values = {"data.data_dir": data_dir, **extra}
     return [f"--config.{k}={v}" for k, v in values.items()]

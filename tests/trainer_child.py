@@ -19,21 +19,25 @@ import textwrap
 from jaxalign.train_lib.metric_writers import read_metrics
 from tests.xla_flags import with_devices
 
-_CACHE_DIR: list[str] = []
+CACHE_VARIABLE = "JAXALIGN_TESTS_XLA_CACHE"  # the directory, inherited by the test workers
 
 
 def compilation_cache_dir() -> str:
-    """A persistent XLA compilation cache shared by this test session's trainer runs (in the
-    test process and in children), removed when the session ends. Compiling the tiny presets'
-    step and evals takes most of a test run's time on CPU; a run whose programs are the same
-    as an earlier one's (same config, same devices) loads them instead. An executable is only
+    """A persistent XLA compilation cache shared by this test session's compilations: in every
+    test (``tests/conftest.py`` turns it on for the session), in both pytest-xdist workers and
+    in the processes tests start; made by the first process that asks (pytest's main process,
+    which imports ``tests/conftest.py`` before it starts the workers; they inherit the
+    directory through ``CACHE_VARIABLE``) and removed by it when it exits. Compiling the tiny
+    presets' programs takes most of the suite's time on CPU; a program that an earlier test,
+    in either worker, compiled for the same devices is loaded instead. An executable is only
     read back for the identical program, compile options and devices, so what runs is what a
     fresh compile would have produced."""
-    if not _CACHE_DIR:
+    path = os.environ.get(CACHE_VARIABLE)
+    if not path:
         path = tempfile.mkdtemp(prefix="jaxalign-tests-xla-cache-")
         atexit.register(shutil.rmtree, path, True)
-        _CACHE_DIR.append(path)
-    return _CACHE_DIR[0]
+        os.environ[CACHE_VARIABLE] = path
+    return path
 
 
 def cache_env() -> dict[str, str]:

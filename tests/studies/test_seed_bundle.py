@@ -18,7 +18,6 @@ from jaxalign.studies import study as study_lib
 from jaxalign.train_lib.metric_writers import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
 
 STUDY = """
 def get_study():

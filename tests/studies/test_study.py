@@ -19,7 +19,6 @@ from jaxalign.studies import study as study_lib
 from tests.trainer_child import compilation_cache_dir, run_python, signal_hook
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
 
 STUDY = """
 def get_study():

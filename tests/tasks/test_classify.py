@@ -22,9 +22,6 @@ CLASSIFY = str(ROOT / "configs" / "classify.py")
 TOWER = {"model.image.channels": "(8, 16)", "model.image.features": "32"}
 
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
-
-
 @pytest.fixture(scope="module")
 def data_dir(builtin_data_dir):
     return builtin_data_dir  # tests/conftest.py: both built-in datasets, built once

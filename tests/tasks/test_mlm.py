@@ -21,8 +21,6 @@ from jaxalign.interop import hf
 from jaxalign.objectives.masking import bert_mask
 from tests.trainer_child import losses, run_trainer, saved_subtree
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
-
 SPEC = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "mlm.py") + ":tiny"
 MASK, VOCAB = 4, 50
 

@@ -33,9 +33,6 @@ from tests.trainer_child import losses, run_trainer
 THIS = pathlib.Path(__file__).resolve()
 
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")  # tests/conftest.py
-
-
 class ToyModelConfig(Group):
     width: PositiveInt
     input_noise: NonNegativeFloat

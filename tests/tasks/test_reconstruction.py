@@ -20,8 +20,6 @@ from jaxalign.parallel import make_mesh
 from jaxalign.tasks.mae import MAETask
 from tests.trainer_child import losses, run_trainer
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TASKS = ("autoencoder", "mae")
 

@@ -16,8 +16,6 @@ from jaxalign import train
 from jaxalign.tasks.simclr import SimCLRTask
 from tests.trainer_child import losses, run_trainer
 
-pytestmark = pytest.mark.usefixtures("shared_compilation_cache")
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "simclr.py")
 
