@@ -38,10 +38,11 @@ def _one_per_index(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
 def one_per_index(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     """``fn`` (of arrays, to one array) with its values and gradients, except that under
     ``jax.vmap`` it runs once per index of the mapped axis, forward and backward, instead of
-    batching its operations. For convolutions over different kernels (a study's seeds trained
-    together, ``jaxalign.studies.seed_bundle``): XLA's CPU backend turns a vmapped convolution
-    into a grouped one, measured 30x slower (forward) than the convolutions one by one
-    (docs/benchmarks.md, "Seeds as one program")."""
+    batching its operations. For the conv stage over different kernels (a study's seeds
+    trained together, ``jaxalign.studies.seed_bundle``): when the stage was XLA's convolution,
+    a vmapped one became a grouped convolution, measured 30x slower (forward) on CPU than the
+    convolutions one by one (docs/benchmarks.md, "Seeds as one program"); the stage is now a
+    patch product (``_stage``) and still runs one seed at a time, as measured then."""
     forward = _one_per_index(fn)
     backward = _one_per_index(lambda *args: jax.vjp(fn, *args[:-1])[1](args[-1]))
 
@@ -53,12 +54,32 @@ def one_per_index(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     return wrapped
 
 
+def _patches(x: jax.Array, size: int) -> jax.Array:
+    """``[n, h, w, c] -> [n, h, w, size * size * c]``: each position's ``size x size`` window
+    (SAME zero padding), ordered (row, column, channel) as an HWIO kernel flattens."""
+    _, h, w, _ = x.shape
+    low, high = (size - 1) // 2, size // 2
+    padded = jnp.pad(x, ((0, 0), (low, high), (low, high), (0, 0)))
+    shifted = [padded[:, i : i + h, j : j + w, :] for i in range(size) for j in range(size)]
+    return jnp.concatenate(shifted, axis=-1)
+
+
 def _stage(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-    """Conv (stride 1, SAME) + bias, ReLU, 2x2 max-pool."""
-    y = jax.lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
-    return nn.max_pool(nn.relu(y + bias), (2, 2), strides=(2, 2))
+    """Conv (stride 1, SAME) + bias, 2x2 max-pool, ReLU: ``[n, h, w, c]`` with kernel
+    ``[k, k, c, o]`` -> ``[n, h / 2, w / 2, o]``.
+
+    The convolution is one matrix product of the image patches with the flattened kernel
+    (im2col) and the pool a maximum over a reshape, so that the backward pass is matrix
+    products and element-wise work: XLA's CPU kernel gradient of a convolution and the
+    gradient of ``reduce_window``'s max-pool are several times slower than PyTorch's
+    (``benchmarks/conv_gradients.py``, docs/performance.md). ReLU after the pool equals ReLU
+    before it (both monotone) on a quarter of the values."""
+    n, h, w, _ = x.shape
+    size, _, c, o = kernel.shape
+    patches = _patches(x, size).reshape(n * h * w, size * size * c)
+    y = (patches @ kernel.reshape(size * size * c, o)).reshape(n, h, w, o) + bias
+    pooled = y.reshape(n, h // 2, 2, w // 2, 2, o).max(axis=(2, 4))
+    return nn.relu(pooled)
 
 
 conv_stage = one_per_index(_stage)

@@ -1,11 +1,13 @@
-"""The CNN's conv stage: ``lax.conv_general_dilated`` + bias, ReLU, max-pool, with its values
-and gradients; under ``jax.vmap`` over different kernels, one convolution per index (what a
-study's seeds trained together run), the same values as each index alone."""
+"""The CNN's conv stage (a matrix product of the image patches, bias, max-pool, ReLU) equals
+``lax.conv_general_dilated`` + bias, ReLU, ``reduce_window`` max-pool, in values and gradients,
+for odd and even kernels; under ``jax.vmap`` over different kernels (what a study's seeds
+trained together run) it is each index alone, with no grouped convolution."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxalign.models import cnn
 
@@ -17,27 +19,32 @@ def reference(x, kernel, bias):
     return nn.max_pool(nn.relu(y + bias), (2, 2), strides=(2, 2))
 
 
-def _inputs(seeds):
+def _inputs(seeds, size=5):
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], (seeds, 4, 8, 8, 3))
-    kernel = 0.3 * jax.random.normal(keys[1], (seeds, 5, 5, 3, 6))
+    kernel = 0.3 * jax.random.normal(keys[1], (seeds, size, size, 3, 6))
     bias = 0.1 * jax.random.normal(keys[2], (seeds, 6))
     return x, kernel, bias
 
 
-def test_values_and_gradients_are_the_convolutions():
-    x, kernel, bias = (a[0] for a in _inputs(1))
+@pytest.mark.parametrize("size", [5, 3, 2])
+def test_values_and_gradients_are_the_convolutions(size):
+    """float32 sums of up to 75 products in another order: equal to 1e-5."""
+    x, kernel, bias = (a[0] for a in _inputs(1, size))
     loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
-    np.testing.assert_allclose(cnn.conv_stage(x, kernel, bias), reference(x, kernel, bias))
+    np.testing.assert_allclose(
+        cnn.conv_stage(x, kernel, bias), reference(x, kernel, bias), rtol=1e-5, atol=1e-5
+    )
     got = jax.grad(loss(cnn.conv_stage), argnums=(0, 1, 2))(x, kernel, bias)
     want = jax.grad(loss(reference), argnums=(0, 1, 2))(x, kernel, bias)
     for g, w in zip(got, want, strict=True):
-        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
 def test_vmap_over_kernels_is_each_index_alone():
     """Three seeds' kernels and inputs, values and gradients, against a loop over them; the
-    vmapped program holds one convolution per seed per pass, none grouped."""
+    vmapped program holds no grouped convolution (XLA's CPU one is 26-32x slower) and one
+    patch product per seed per pass."""
     x, kernel, bias = _inputs(3)
     grad = jax.grad(lambda *a: jnp.sum(jnp.sin(cnn.conv_stage(*a))), argnums=(0, 1, 2))
     batched = jax.jit(jax.vmap(grad))
@@ -50,8 +57,9 @@ def test_vmap_over_kernels_is_each_index_alone():
     assert "feature_group_count = 3" not in text and "batch_group_count = 3" not in text
     compiled = batched.lower(x, kernel, bias).compile().as_text()
     alone = jax.jit(grad).lower(x[0], kernel[0], bias[0]).compile().as_text()
-    assert alone.count(" convolution(") == 3  # forward, input and kernel gradients
-    assert compiled.count(" convolution(") == 3 * 3
+    assert alone.count(" dot(") == 3  # forward, input and kernel gradients
+    assert compiled.count(" dot(") == 3 * 3
+    assert " convolution(" not in compiled
 
 
 def test_the_tower_keeps_nn_convs_parameter_names():
