@@ -16,7 +16,7 @@ from jaxalign import cli, train
 from jaxalign import config as config_lib
 from jaxalign.studies import plots, report, statistics
 from jaxalign.studies import study as study_lib
-from tests.trainer_child import compilation_cache_dir, run_python, signal_hook
+from tests.trainer_child import cache_env, run_python, signal_hook
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -63,8 +63,8 @@ def test_a_study_runs_resumes_and_reports_failures(study_file, tmp_path, capsys,
 
     # The rest two at a time, each a `jaxalign train` process (the tests' devices and
     # compilation cache through the environment).
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", compilation_cache_dir())
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    for name, value in cache_env().items():
+        monkeypatch.setenv(name, value)
     assert cli.main([*args, "--jobs=2"]) == 1  # some runs failed
     out = capsys.readouterr().out
     assert "study: 4 runs, 3 to train" in out and "2 done, 0 running, 2 failed, 0 pending" in out
