@@ -9,7 +9,9 @@ chosen target accuracies between the two.
     python benchmarks/seed_bundle.py --workdir=/tmp/seed_bundle --mode=bundled
     python benchmarks/seed_bundle.py --workdir=/tmp/seed_bundle --mode=compare
 
-Each timing mode starts from an empty study directory (``WORKDIR/<mode>``).
+Each timing mode starts from an empty study directory (``WORKDIR/<mode>``). ``--override=KEY=VALUE``
+(repeatable) changes the cell's config for a timing, e.g. ``data.example_cache_mb=0`` (no example
+cache); such a run goes to ``WORKDIR/<mode>-<overrides>`` and ``--mode=compare`` ignores it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ STUDY = """
 def get_study():
     return dict(
         base="{root}/configs/adapt_digits.py:source_only,blend",
-        overrides=("train.timing_in_metrics=False",),
+        overrides=("train.timing_in_metrics=False", {overrides}),
         axes={{"method": {{"source_only": ()}}}},
         seeds=(0, 1, 2, 3, 4),
         metrics=({{"key": "select/source_validation/target_test_top1",
@@ -36,21 +38,26 @@ def get_study():
 """
 
 
-def study_file(workdir: str, mode: str) -> str:
-    path = os.path.join(workdir, f"{mode}_study.py")
+def study_file(workdir: str, mode: str, overrides: tuple[str, ...] = ()) -> str:
+    name = "-".join((mode, *overrides))
+    path = os.path.join(workdir, f"{name}_study.py")
     with open(path, "w") as f:
-        f.write(STUDY.format(root=ROOT, bundled=mode == "bundled"))
+        f.write(STUDY.format(
+            root=ROOT, bundled=mode == "bundled", overrides=", ".join(map(repr, overrides))
+        ))  # fmt: skip
     return path
 
 
-def run(workdir: str, mode: str) -> None:
+def run(workdir: str, mode: str, overrides: tuple[str, ...] = ()) -> None:
     from jaxalign import cli
 
-    study_dir = os.path.join(workdir, mode)
+    name = "-".join((mode, *overrides))
+    study_dir = os.path.join(workdir, name)
     shutil.rmtree(study_dir, ignore_errors=True)
     started = time.perf_counter()
-    code = cli.main(["study", f"--config={study_file(workdir, mode)}", f"--workdir={study_dir}"])
-    print(f"{mode}: exit {code}, {time.perf_counter() - started:.1f} s from start to report")
+    config = study_file(workdir, mode, overrides)
+    code = cli.main(["study", f"--config={config}", f"--workdir={study_dir}"])
+    print(f"{name}: exit {code}, {time.perf_counter() - started:.1f} s from start to report")
 
 
 def compare(workdir: str) -> None:
@@ -78,12 +85,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--mode", choices=("sequential", "bundled", "compare"), required=True)
+    parser.add_argument("--override", action="append", default=[], help="KEY=VALUE, repeatable")
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     if args.mode == "compare":
         compare(args.workdir)
     else:
-        run(args.workdir, args.mode)
+        run(args.workdir, args.mode, tuple(args.override))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@
   flips, SimCLR augmentations, normalisation) and :mod:`~jaxalign.data.tokenizer`;
 - :mod:`~jaxalign.data.pipeline`: ``make_pipeline`` (global shuffle, per-process shard,
   workers, skip counting, batching, exact resume) and ``to_global_array``;
+- :mod:`~jaxalign.data.example_cache`: ``ExampleCache`` (transformed examples kept by source
+  index, for transforms without randomness: each record read and transformed once);
 - :mod:`~jaxalign.data.streams`: ``zip_streams`` (several named streams, one batch of each per
   step, e.g. a labelled source and an unlabelled target domain, each resuming exactly).
 
@@ -15,6 +17,7 @@ Built-in datasets live in ``jaxalign.data.builtin`` (imported on its own: it reg
 builders).
 """
 
+from jaxalign.data.example_cache import ExampleCache
 from jaxalign.data.pipeline import Pipeline, PipelineIterator, make_pipeline, to_global_array
 from jaxalign.data.sources import (
     ImageFolderSource,
@@ -43,6 +46,7 @@ __all__ = [
     "CLIP_STD",
     "SKIP_REASONS",
     "BadExample",
+    "ExampleCache",
     "ExampleKey",
     "ImageFolderSource",
     "ImageTextTransform",

@@ -36,6 +36,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from jaxalign.data.example_cache import ExampleCache
 from jaxalign.data.transforms import SKIP_FIELD, BadExample, ExampleKey, Skip, Transform
 from jaxalign.errors import DataError
 
@@ -312,6 +313,7 @@ def make_pipeline(
     chunk_size: int = 16,
     max_skipped_in_a_row: int = 1000,
     start: int = 0,
+    cache: ExampleCache | None = None,
 ) -> Pipeline:
     """Builds this process's stream of batches over a random-access ``source``.
 
@@ -341,6 +343,7 @@ def make_pipeline(
       start: the stream position the shards begin at (process k reads ``start + k``, ``start
         + k + P``, ...); 0 for a new run. ``Pipeline.at`` rebuilds a pipeline at another start
         (an elastic resume, :mod:`jaxalign.data.elastic`).
+      cache: an :mod:`~jaxalign.data.example_cache` ``ExampleCache`` (``uses_key`` False).
 
     Returns:
       A :class:`Pipeline`; ``iter(pipeline)`` gives a :class:`PipelineIterator` of batches
@@ -386,7 +389,8 @@ def make_pipeline(
     ds = ds.repeat(num_epochs)  # epoch e reshuffles with seed + e
     ds = ds.map_with_index(_EpochAndIndex(num_records))
     ds = ds[start + process_index :: process_count]
-    ds = ds.map(_ReadAndTransform(source, transform, seed))
+    read = _ReadAndTransform(source, transform, seed)
+    ds = ds.map(read if cache is None else cache.serving(read, source=source, transform=transform))
     ds = ds.batch(chunk_size, batch_fn=list)  # the unit of work of a thread / worker
 
     read_options = read_options or grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)

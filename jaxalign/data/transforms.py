@@ -237,6 +237,12 @@ class ImageTransform:
     image_key: str = "image"
     label_key: str | None = None
 
+    @property
+    def uses_key(self) -> bool:
+        """Whether the output depends on the example's key: only training draws crops and
+        flips (evaluation's is a function of the record: ``data.example_cache`` may keep it)."""
+        return self.train
+
     def image(self, record: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
         """The ``[S, S, 3]`` image array; raises ``BadExample`` for bad data."""
         if self.train:

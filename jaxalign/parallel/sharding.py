@@ -137,15 +137,22 @@ def sharded_init(
     """
     if shardings is None:
         _, shardings = abstract_init(init_fn, mesh, *args, rules=rules)
+    with jax.set_mesh(mesh):
+        variables = sharded_initializer(init_fn, shardings)(*args)
+    return variables, shardings
+
+
+def sharded_initializer(init_fn: Callable[..., Any], shardings: Any) -> Callable[..., Any]:
+    """``init_fn`` unboxed and jitted with ``shardings`` as out shardings (``sharded_init``'s
+    program), to call under ``jax.set_mesh(mesh)``; one compile serves every call of equal
+    argument shapes (e.g. several seeds' keys)."""
 
     def init_unboxed(*args):
         # Plain values; the layout comes from out_shardings (flax's own unbox would add
         # sharding constraints without the divisibility fallback of logical_to_spec).
         return _unbox(init_fn(*args))
 
-    with jax.set_mesh(mesh):
-        variables = jax.jit(init_unboxed, out_shardings=shardings)(*args)
-    return variables, shardings
+    return jax.jit(init_unboxed, out_shardings=shardings)
 
 
 def activation_context(mesh: Mesh, rules=LOGICAL_RULES):

@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxalign import config as config_lib
 from jaxalign import train
-from jaxalign.parallel.sharding import activation_context, sharded_init
+from jaxalign.parallel.sharding import activation_context, sharded_initializer
 from jaxalign.schema import ConfigError, ExperimentConfig
 from jaxalign.train_lib import run_files
 from jaxalign.train_lib.loop import TrainingDivergedError, summed_counts
@@ -64,12 +64,14 @@ def _stack(trees: Sequence[Any]) -> Any:
 
 
 def _init(setups: Sequence[train.RunSetup]) -> Any:
-    """Each seed's initial train state (as its own run makes it), stacked on a seed axis."""
+    """Each seed's initial train state (the program its own run compiles, compiled once here
+    for all seeds), stacked on a seed axis."""
+    first = setups[0]
+    init = sharded_initializer(first.init_state, first.state_shardings)
     states = []
     for setup in setups:
-        state, _ = sharded_init(
-            setup.init_state, setup.mesh, setup.rng, shardings=setup.state_shardings
-        )
+        with jax.set_mesh(first.mesh):
+            state = init(setup.rng)
         load = getattr(setup.task, "load_pretrained", None)
         if load is not None and load(state.params)[1]:
             raise ConfigError(

@@ -49,6 +49,7 @@ from pydantic import Field
 
 from jaxalign import evals, models
 from jaxalign.data import ImageTransform, make_pipeline, zip_streams
+from jaxalign.data.example_cache import MIB, ExampleCache
 from jaxalign.evals import domain as domain_evals
 from jaxalign.objectives import domain
 from jaxalign.schema import (
@@ -82,6 +83,7 @@ class AdaptData(Group):
     worker_count: Count
     prefetch: Count
     max_skipped_in_a_row: PositiveInt
+    example_cache_mb: Count
 
     def rules(self) -> list[str]:
         return images.dataset_problems(self)
@@ -126,6 +128,19 @@ class AdaptConfig(images.ImageTaskConfig):
         return problems
 
 
+@functools.lru_cache(maxsize=8)
+def _predictor(model: models.AdaptationNet) -> Any:
+    """``(variables, batch) -> {"probs", "features", "domain"}``, jitted once per model (tasks
+    of equal models, e.g. a seed bundle's, share the compiled program)."""
+
+    def predict(variables, batch):
+        logits, features = model.apply(variables, batch["image"])
+        domain_logits = model.apply(variables, features, method=models.AdaptationNet.discriminate)
+        return {"probs": jax.nn.softmax(logits), "features": features, "domain": domain_logits}
+
+    return jax.jit(predict)
+
+
 @register_task
 class AdaptTask(Task):
     """Model, losses, data and evals of domain adaptation (see the module docstring)."""
@@ -137,6 +152,7 @@ class AdaptTask(Task):
         self.config, self.mesh = config, mesh
         self.dataset = images.ImageDataset(config.data)
         self.method = config.objective.method
+        self._caches: dict[tuple[str, bool, int], ExampleCache] = {}
 
     # --- data ---------------------------------------------------------------------------------
 
@@ -171,6 +187,17 @@ class AdaptTask(Task):
         source = self.dataset.source(split, key=key, limit=limit)
         return source if labelled else images.Unlabelled(source, (self.config.data.label_key,))
 
+    def _cache(self, split: str, *, labelled: bool, limit: int = 0) -> ExampleCache | None:
+        """The split's transformed examples, kept for every later epoch and eval of this run
+        (``data.example_cache_mb`` per split; 0: none)."""
+        size = self.config.data.example_cache_mb
+        if not size:
+            return None
+        key = (split, labelled, limit)
+        if key not in self._caches:
+            self._caches[key] = ExampleCache(size * MIB)
+        return self._caches[key]
+
     def _train_pipeline(self, split: str, key: str, *, labelled: bool, seed_offset: int) -> Any:
         data = self.config.data
         return make_pipeline(
@@ -178,6 +205,7 @@ class AdaptTask(Task):
             seed=(self.config.seed + seed_offset) % 2**32,
             global_batch_size=self.config.train.global_batch_size,
             transform=self.transform(labelled=labelled),
+            cache=self._cache(split, labelled=labelled),
             worker_count=data.worker_count,
             prefetch=data.prefetch,
             max_skipped_in_a_row=data.max_skipped_in_a_row,
@@ -299,24 +327,15 @@ class AdaptTask(Task):
 
     # --- evals ----------------------------------------------------------------------------------
 
-    @functools.cached_property
-    def _predict_fn(self):
-        def predict(variables, batch):
-            logits, features = self.model.apply(variables, batch["image"])
-            domain_logits = self.model.apply(
-                variables, features, method=models.AdaptationNet.discriminate
-            )
-            return {"probs": jax.nn.softmax(logits), "features": features, "domain": domain_logits}
-
-        return jax.jit(predict)
-
     def _run(self, variables: Any, key: str, *, labelled: bool, progress: bool) -> dict[str, Any]:
         ev = self.config.evals
         split = getattr(ev, key)
         source = self._source(split, f"evals.{key}", labelled=labelled, limit=ev.max_examples)
-        pipeline = images.eval_pipeline(source, self.config, self.transform(labelled=labelled))
+        cache = self._cache(split, labelled=labelled, limit=ev.max_examples)
+        transform = self.transform(labelled=labelled)
+        pipeline = images.eval_pipeline(source, self.config, transform, cache=cache)
         return evals.embed_dataset(
-            self._predict_fn,
+            _predictor(self.model),
             pipeline,
             self.mesh,
             global_batch_size=ev.batch_size,

@@ -135,10 +135,11 @@ def check_dataset_on_disk(data: Any) -> None:
         )
 
 
-def eval_pipeline(source: Any, config: Any, transform: Any) -> Any:
+def eval_pipeline(source: Any, config: Any, transform: Any, *, cache: Any = None) -> Any:
     """One pass over an eval split's ``source`` in batches of ``config.evals.batch_size`` (the
     last one smaller), no prefetch, bad examples skipped as in training (up to
-    ``config.data.max_skipped_in_a_row`` in a row)."""
+    ``config.data.max_skipped_in_a_row`` in a row); ``cache``: an ``ExampleCache`` of the
+    split kept from one eval to the next."""
     from jaxalign.data import make_pipeline
 
     return make_pipeline(
@@ -150,6 +151,7 @@ def eval_pipeline(source: Any, config: Any, transform: Any) -> Any:
         drop_remainder=False,
         prefetch=0,
         max_skipped_in_a_row=config.data.max_skipped_in_a_row,
+        cache=cache,
     )
 
 

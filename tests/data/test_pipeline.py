@@ -28,6 +28,9 @@ class ListSource:
     def __getitem__(self, index: int) -> dict[str, int]:
         return {"value": int(index)}
 
+    def __repr__(self) -> str:
+        return f"ListSource({self.n})"
+
 
 @dataclasses.dataclass(frozen=True)
 class IndexTransform:

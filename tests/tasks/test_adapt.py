@@ -290,3 +290,31 @@ def test_every_preset_loads_and_validates_on_eight_devices(target):
         assert config.evals.target_test == f"{target}_test"
         assert config.evals.source_validation == "source_validation"
     assert config_lib.load(CONFIG).objective.method == "dann"
+
+
+def test_example_cache_gives_the_same_batches_and_evals(data_dir):
+    """``data.example_cache_mb``: each split's examples kept from one epoch and one eval to the
+    next change no batch and no eval figure."""
+    from jaxalign.parallel.sharding import sharded_init
+
+    results = {}
+    for size in (0, 64):
+        config = config_lib.load(
+            f"{CONFIG}:tiny", _overrides(data_dir, "dann", **{"data.example_cache_mb": size})
+        )
+        setup = train.setup_run(config, jax.devices()[:1])
+        task = setup.task
+        iterator = iter(task.train_stream())
+        batches = [next(iterator) for _ in range(3)]
+        iterator.close()
+        state, _ = sharded_init(setup.init_state, setup.mesh, setup.rng)
+        evals = [task.evaluate(state.eval_variables()) for _ in range(2)]
+        assert evals[0] == evals[1]
+        results[size] = batches, evals[0], task._caches
+    (plain, plain_evals, no_caches), (cached, cached_evals, caches) = results.values()
+    assert not no_caches
+    for x, y in zip(jax.tree.leaves(plain), jax.tree.leaves(cached), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert plain_evals == cached_evals
+    # The two train streams' splits and the three eval splits, each held whole.
+    assert len(caches) == 5 and all(len(c) > 0 and not c.full for c in caches.values())
