@@ -30,8 +30,9 @@ Keys (every preset has all of them; ``jaxalign.tasks.adapt.AdaptConfig`` and the
   (labelled), ``target_split`` (unlabelled: its labels are removed before the transform, except
   for ``train_on_target``), ``label_key``, ``image_size``, ``worker_count``, ``prefetch``,
   ``max_skipped_in_a_row``, ``example_cache_mb`` (MiB of transformed examples kept in memory
-  per split, so that later epochs and evals skip decoding: ``jaxalign.data.example_cache``;
-  0: none). Each domain's stream has ``train.global_batch_size`` examples per step.
+  per split, and per worker process when ``worker_count > 0``, so that later epochs and evals
+  skip decoding: ``jaxalign.data.example_cache``; 0: none). Each domain's stream has
+  ``train.global_batch_size`` examples per step.
 - ``objective``: ``method`` (above), ``dann_weight`` / ``mmd_weight`` / ``coral_weight`` (the
   trade-off weight of each method's domain term), ``schedule`` (``dann``: the reversal
   coefficient ``2 / (1 + exp(-gamma p)) - 1`` of the progress ``p``; ``warm_start``: the same

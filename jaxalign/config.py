@@ -56,13 +56,13 @@ __all__ = [
 ]
 
 # Keys a resumed run may change: when it stops, how often it logs, evaluates and checkpoints,
-# how it prefetches, what it evaluates (evals read the state, never change it), and the mesh
-# (checkpoints restore into any mesh; the losses then agree to rounding, not bit for bit). A
-# new ``train.steps`` rebuilds the learning-rate schedule for the new end: past the old end of
-# a decayed schedule the rate rises again to the new cosine's value. After a divergence, a
-# lower ``optim.lr`` scales the whole schedule from the restored step on (the optimizer state
-# does not hold the rate). The limits that stop a run (non-finite updates, skipped examples,
-# failed saves) may change too. Every change is logged and appended to the run's
+# how it prefetches and caches examples, what it evaluates (evals read the state, never change
+# it), and the mesh (checkpoints restore into any mesh; the losses then agree to rounding, not
+# bit for bit). A new ``train.steps`` rebuilds the learning-rate schedule for the new end: past
+# the old end of a decayed schedule the rate rises again to the new cosine's value. After a
+# divergence, a lower ``optim.lr`` scales the whole schedule from the restored step on (the
+# optimizer state does not hold the rate). The limits that stop a run (non-finite updates,
+# skipped examples, failed saves) may change too. Every change is logged and appended to the run's
 # ``config_changes.jsonl`` with the step it took effect at.
 SAFE_ON_RESUME: tuple[str, ...] = (
     "train.steps",
@@ -74,6 +74,7 @@ SAFE_ON_RESUME: tuple[str, ...] = (
     "optim.lr",
     "optim.max_nonfinite_in_a_row",
     "data.prefetch",
+    "data.example_cache_mb",
     "data.max_skipped_in_a_row",
     "evals.",
     "mesh.",
@@ -351,6 +352,7 @@ ADDED_KEYS: dict[str, Any] = {
     "model.init_from_bert": "",  # 0.1.0 during issue 15 (mlm)
     "train.timing_in_metrics": True,  # 0.1.0 during issue 18 (studies)
     "model.learn_temperature": True,  # 0.1.0 during issue 18 (clip, clip_adapt)
+    "data.example_cache_mb": 0,  # 0.1.0 during issue 18 (adapt): no cache, as before
 }
 
 

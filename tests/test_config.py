@@ -19,6 +19,7 @@ from jaxalign.tasks.clip import ClipConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLIP = str(ROOT / "configs" / "clip.py")
+ADAPT = str(ROOT / "configs" / "adapt_digits.py")
 CLASSIFY = str(ROOT / "configs" / "classify.py")
 PRESETS = ("demo", "tiny", "siglip_demo", "vit_b32", "vit_b16", "vit_l14")
 REAL = ("vit_b32", "vit_b16", "vit_l14")
@@ -524,11 +525,15 @@ def test_resume_problems_name_both_values():
 
 
 @pytest.mark.parametrize(
-    "preset, overrides",
-    [("tiny", []), ("tiny_adapt", ["adapt.target_batch_size=0"])],  # 0: what older runs did
+    "spec, overrides",
+    [
+        (f"{CLIP}:tiny", []),
+        (f"{CLIP}:tiny_adapt", ["adapt.target_batch_size=0"]),  # 0: what older runs did
+        (f"{ADAPT}:tiny", ["data.example_cache_mb=0"]),
+    ],
 )
-def test_a_run_saved_before_newer_keys_still_loads(preset, overrides, tmp_path):
-    config = config_lib.load(f"{CLIP}:{preset}", overrides)
+def test_a_run_saved_before_newer_keys_still_loads(spec, overrides, tmp_path):
+    config = config_lib.load(spec, overrides)
     values = config_lib.to_dict(config)
     for key in config_lib.ADDED_KEYS:
         group, name = key.split(".")

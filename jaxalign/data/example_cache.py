@@ -5,13 +5,15 @@ A small dataset read for many epochs (the digits domains: 1,252 training images,
 in a 500-step run) otherwise decodes, resizes and normalises every image again each epoch, on
 the same cores as the step; with the cache each record is read and transformed once per
 process, and later epochs (and later evals of the same split) take the stored arrays. The
-batches are bit-identical with and without it (``tests/data/test_pipeline.py``).
+batches are bit-identical with and without it (``tests/data/test_example_cache.py``).
 
 ``make_pipeline(..., cache=ExampleCache(max_bytes))`` uses one. A cache belongs to one source
 and one transform (it refuses another); it stores examples until ``max_bytes`` of arrays, then
 serves what it holds and transforms the rest each time. Stored arrays are read-only (batching
-copies them). Worker processes (``worker_count > 0``) each fill their own copy: pickling a cache
-drops its contents.
+copies them). A record skipped as bad (``Skip``) is stored too, so it stays skipped in every
+later epoch, even if its read failed for a passing reason. Worker processes (``worker_count >
+0``) each fill a copy of their own (pickling a cache drops its contents): up to ``max_bytes``
+per worker, and the main process's copy stays empty.
 """
 
 from __future__ import annotations

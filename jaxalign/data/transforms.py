@@ -10,7 +10,9 @@ become ``Skip(reason)``, and the pipeline counts them per reason.
 
 Randomness is ``np.random.default_rng([seed, epoch, index])``: the same example in the same epoch
 gets the same crop on any number of hosts, devices or workers (docs/architecture.md, principle
-6), and a different one in the next epoch.
+6), and a different one in the next epoch. A transform whose output never depends on the key
+says so with ``uses_key = False`` (an attribute or property; absent means it may): only such a
+transform's outputs may be kept by an ``ExampleCache`` (:mod:`jaxalign.data.example_cache`).
 
 The ready-made transforms are picklable classes, so they run in grain worker processes:
 

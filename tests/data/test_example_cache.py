@@ -38,18 +38,30 @@ class CountingTransform:
         return {"value": np.full(4, record["value"] * 1.5, np.float32)}
 
 
-def pipeline(cache=None, *, name="plain", n=20, skip_every=7):
-    """8-example batches of ``n`` records; one read thread (two threads may each transform a
-    record the cache does not hold yet: the count of calls would depend on timing)."""
+@pytest.fixture(autouse=True)
+def fresh_counts():
+    CALLS.clear()
+
+
+def pipeline(cache=None, *, name="plain", n=20, skip_every=7, threads=1, **kwargs):
+    """8-example batches of ``n`` records; one read thread unless told (two threads may each
+    transform a record the cache does not hold yet: the count of calls depends on timing)."""
     return P.make_pipeline(
         ListSource(n), seed=5, global_batch_size=8, process_index=0, process_count=1,
         transform=CountingTransform(name, skip_every), cache=cache,
-        read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=2),
+        read_options=grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2), **kwargs,
     )  # fmt: skip
+
+
+def take_and_close(pipeline, count, state=None):
+    batches, iterator = take(pipeline, count, state)
+    iterator.close()
+    return batches
 
 
 def test_cached_batches_equal_uncached_and_each_record_is_transformed_once():
     plain, plain_iterator = take(pipeline(), 12)  # 96 examples: about 5 epochs of 17 good
+    plain_iterator.close()
     cache = ExampleCache(1 << 20)
     cached, iterator = take(pipeline(cache, name="cached"), 12)
     assert_same_batches(plain, cached)
@@ -59,8 +71,9 @@ def test_cached_batches_equal_uncached_and_each_record_is_transformed_once():
     assert iterator.skip_counts() == plain_iterator.skip_counts() == {"planted": 16}
     # Resuming from a state with a cache gives what the uncached stream gives next.
     state = iterator.get_state()
-    more_plain, _ = take(pipeline(), 3, state)
-    more_cached, _ = take(pipeline(cache, name="cached"), 3, state)
+    iterator.close()
+    more_plain = take_and_close(pipeline(), 3, state)
+    more_cached = take_and_close(pipeline(cache, name="cached"), 3, state)
     assert_same_batches(more_plain, more_cached)
     with pytest.raises(ValueError, match="read-only"):
         cache.get(1)["value"][0] = 0.0
@@ -68,8 +81,8 @@ def test_cached_batches_equal_uncached_and_each_record_is_transformed_once():
 
 def test_a_full_cache_serves_what_it_holds_and_transforms_the_rest():
     cache = ExampleCache(5 * 16)  # five examples' arrays
-    cached, _ = take(pipeline(cache, name="capped", skip_every=0), 10)  # 80 examples, 4 epochs
-    plain, _ = take(pipeline(skip_every=0), 10)
+    cached = take_and_close(pipeline(cache, name="capped", skip_every=0), 10)  # 4 epochs
+    plain = take_and_close(pipeline(skip_every=0), 10)
     assert_same_batches(plain, cached)
     assert cache.full and cache.nbytes == 5 * 16 and len(cache) == 5
     calls, kept = CALLS["capped"], [i for i in range(20) if cache.get(i) is not None]
@@ -84,7 +97,7 @@ def test_refuses_a_key_dependent_transform_and_a_second_source():
             ListSource(8), seed=0, global_batch_size=4, process_index=0, process_count=1,
             transform=T.ImageTransform(8, train=True), cache=cache,
         )  # fmt: skip
-    take(pipeline(cache), 1)
+    take_and_close(pipeline(cache), 1)
     with pytest.raises(ValueError, match="one cache per source"):
         pipeline(cache, n=21)
     with pytest.raises(ValueError, match="one cache per source"):
@@ -96,8 +109,21 @@ def test_refuses_a_key_dependent_transform_and_a_second_source():
 
 def test_a_pickled_cache_starts_empty():
     cache = ExampleCache(1 << 20)
-    take(pipeline(cache), 3)
+    take_and_close(pipeline(cache), 3)
     copy = pickle.loads(pickle.dumps(cache))
     assert len(cache) > 0 and len(copy) == 0 and copy.max_bytes == cache.max_bytes
     with pytest.raises(ValueError, match="one cache per source"):
         pipeline(copy, n=21)  # still bound to the first source
+
+
+def test_same_batches_with_four_read_threads_a_worker_process_and_a_moved_start():
+    plain = take_and_close(pipeline(threads=4), 12)
+    cache = ExampleCache(1 << 20)
+    assert_same_batches(plain, take_and_close(pipeline(cache, name="threads", threads=4), 12))
+    assert len(cache) == 20  # each index stored once, whichever thread transformed it first
+    # The cache travels to a worker process empty, and the worker's own copy serves it.
+    workers = take_and_close(pipeline(ExampleCache(1 << 20), name="worker", worker_count=1), 12)
+    assert_same_batches(plain, workers)
+    # An elastic resume rebuilds the pipeline with the same cache (Pipeline.at): same batches.
+    moved = pipeline(cache, name="threads", threads=4).at(24)
+    assert_same_batches(take_and_close(pipeline(threads=4).at(24), 4), take_and_close(moved, 4))

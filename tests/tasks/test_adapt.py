@@ -16,7 +16,7 @@ import pytest
 from jaxalign import config as config_lib
 from jaxalign import train
 from jaxalign.tasks import images
-from jaxalign.tasks.adapt import METHODS, AdaptTask
+from jaxalign.tasks.adapt import METHODS, AdaptTask, _predictor
 from jaxalign.train_lib.metric_writers import read_metrics
 from tests.trainer_child import losses, run_python, run_trainer
 
@@ -299,22 +299,27 @@ def test_example_cache_gives_the_same_batches_and_evals(data_dir):
 
     results = {}
     for size in (0, 64):
-        config = config_lib.load(
-            f"{CONFIG}:tiny", _overrides(data_dir, "dann", **{"data.example_cache_mb": size})
-        )
+        # 24 records per domain: 4 batches of 16 read both streams into a third epoch.
+        extra = {"data.example_cache_mb": size, "data.source_split": "source_train[:24]",
+                 "data.target_split": "blend_train[:24]"}  # fmt: skip
+        config = config_lib.load(f"{CONFIG}:tiny", _overrides(data_dir, "dann", **extra))
         setup = train.setup_run(config, jax.devices()[:1])
         task = setup.task
         iterator = iter(task.train_stream())
-        batches = [next(iterator) for _ in range(3)]
+        batches = [next(iterator) for _ in range(4)]
         iterator.close()
         state, _ = sharded_init(setup.init_state, setup.mesh, setup.rng)
         evals = [task.evaluate(state.eval_variables()) for _ in range(2)]
         assert evals[0] == evals[1]
-        results[size] = batches, evals[0], task._caches
-    (plain, plain_evals, no_caches), (cached, cached_evals, caches) = results.values()
-    assert not no_caches
+        results[size] = batches, evals[0], task
+    (plain, plain_evals, plain_task), (cached, cached_evals, task) = results.values()
+    assert not plain_task._caches
+    caches = task._caches
     for x, y in zip(jax.tree.leaves(plain), jax.tree.leaves(cached), strict=True):
         np.testing.assert_array_equal(x, y)
     assert plain_evals == cached_evals
     # The two train streams' splits and the three eval splits, each held whole.
     assert len(caches) == 5 and all(len(c) > 0 and not c.full for c in caches.values())
+    assert len(caches[("source_train[:24]", True, 0)]) == 24
+    # Tasks of equal models evaluate with one compiled predictor (a seed bundle's do).
+    assert _predictor(plain_task.model) is _predictor(task.model)
