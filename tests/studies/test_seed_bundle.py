@@ -81,3 +81,26 @@ def test_a_bundle_refuses_configs_that_differ_beyond_the_seed():
     transfer = [config_lib.override(c, ["init_from.workdir=/runs/a"]) for c in (one, other)]
     with pytest.raises(ConfigError, match=r"init_from\.workdir='/runs/a'"):
         seed_bundle.check_bundle(transfer)
+
+
+def test_a_bundle_compiles_init_once_and_gives_each_seed_its_own_runs_init():
+    from jaxalign.parallel.sharding import sharded_init
+
+    spec = str(ROOT / "configs/adapt_digits.py:tiny")
+    configs = [config_lib.load(spec, [f"seed={s}"]) for s in (0, 1)]
+    setups = [train.setup_run(c, jax.devices()[:1], prepare_data=False) for c in configs]
+    traces = []
+
+    def counted(init_state):
+        def init(rng):
+            traces.append(rng)
+            return init_state(rng)
+
+        return init
+
+    stacked = seed_bundle._init([s._replace(init_state=counted(s.init_state)) for s in setups])
+    assert len(traces) == 1  # one trace of any seed's init: one compiled program for all
+    for n, setup in enumerate(setups):
+        own, _ = sharded_init(setup.init_state, setup.mesh, setup.rng)
+        for mine, bundled in zip(jax.tree.leaves(own), jax.tree.leaves(stacked), strict=True):
+            np.testing.assert_array_equal(mine, bundled[n])  # bit for bit, not to rounding
