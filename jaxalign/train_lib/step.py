@@ -26,9 +26,19 @@ from jaxalign.train_lib.state import TrainState
 LossAndGrad = Callable[..., tuple[jax.Array, Any, Any, dict[str, jax.Array]]]
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+def _all_finite(*trees: Any) -> jax.Array:
+    """Whether every element of the leaves of ``trees`` is finite (a ``bool[]``).
+
+    The leaves' counts of non-finite elements are summed and divided into before the comparison.
+    XLA copies a cheap scalar computation into every fusion that reads it, here one fusion per
+    leaf of the state (``keep_if_finite``'s selects): a chain of per-leaf ``and``s grew the
+    program with the square of the leaf count (the tiny CLIP step on 8 devices: 32,808 lines of
+    compiled HLO, 6,451 of them ``and``s, 12.3-12.8 s to compile on 2 cores), whereas a division
+    is computed once and read by all (17,346 lines, no ``and``, 7.6-8.1 s)."""
+    counts = [jnp.sum(~jnp.isfinite(x), dtype=jnp.float32) for x in jax.tree.leaves(trees)]
+    if not counts:
+        return jnp.array(True)
+    return 1.0 / (1.0 + sum(counts)) == 1.0
 
 
 def step_rng(seed: int, step: jax.Array) -> jax.Array:
@@ -50,7 +60,7 @@ def train_step(
     loss, grads, model_state, metrics = loss_and_grad(
         state.params, state.model_state, batch, rng, state.step
     )
-    grads_finite = jnp.isfinite(loss) & _all_finite(grads)
+    grads_finite = _all_finite(loss, grads)
     # Zero non-finite gradients before the update so its arithmetic stays finite; the update is
     # then discarded by the select below.
     safe_grads = jax.tree.map(lambda g: jnp.where(grads_finite, g, jnp.zeros_like(g)), grads)
@@ -58,7 +68,7 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     # An update that overflows the parameters (or the model state) is skipped too, so the
     # state the loop saves and evaluates is always finite.
-    finite = grads_finite & _all_finite(params) & _all_finite(model_state)
+    finite = _all_finite(loss, grads, params, model_state)  # grads' counts: shared (CSE)
 
     def keep_if_finite(new, old):
         return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
