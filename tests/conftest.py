@@ -4,7 +4,9 @@ The flag must be in the environment before jax is first imported, so this file s
 time (pytest imports conftest.py before any test module) and refuses to go on if jax came first.
 """
 
+import fcntl
 import os
+import shutil
 import sys
 
 if "jax" in sys.modules:
@@ -46,13 +48,24 @@ def eight_devices():
 @pytest.fixture(scope="session")
 def builtin_data_dir(tmp_path_factory):
     """Both built-in datasets (``shapes_captions``, ``digits_domains``) and the caption
-    tokenizer, built once for the session in one directory (the trainer tests' data)."""
+    tokenizer, built once for the session in one directory (the trainer tests' data), which
+    the pytest-xdist workers share: the first to ask builds it while the other waits on a lock
+    (about 25 s of building each worker would otherwise repeat); tests only read it."""
     from jaxalign.data import builtin
 
-    path = tmp_path_factory.mktemp("builtin_data")
-    builtin.prepare("shapes_captions", path)
-    builtin.prepare("digits_domains", path)
-    builtin.build_caption_tokenizer(path)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above each worker's own
+    path = root / "builtin_data"
+    with open(root / "builtin_data.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / "complete").exists():
+            shutil.rmtree(path, ignore_errors=True)  # a build that was interrupted
+            path.mkdir()
+            builtin.prepare("shapes_captions", path)
+            builtin.prepare("digits_domains", path)
+            builtin.build_caption_tokenizer(path)
+            (path / "complete").touch()
     return str(path)
 
 

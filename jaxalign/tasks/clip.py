@@ -211,14 +211,14 @@ class ClipTask(Task):
     @functools.cached_property
     def tokenizer(self) -> TextTokenizer:
         """Captions -> ``([L] ids, [L] mask)``, ``L = data.max_len``."""
+        path, max_len = self.config.data.tokenizer, self.config.data.max_len
+        if not path:  # the built-in caption tokenizer (allowed for builtin data only)
+            from jaxalign.data.builtin import load_caption_tokenizer
+
+            return TextTokenizer(load_caption_tokenizer(self.dataset.data_dir), max_len, pad_id=0)
         from jaxalign.interop import hf
 
-        path = self.config.data.tokenizer
-        if not path:  # the built-in caption tokenizer (allowed for builtin data only)
-            from jaxalign.data.builtin import TOKENIZER_DIRNAME
-
-            path = os.path.join(self.dataset.data_dir, TOKENIZER_DIRNAME)
-        return TextTokenizer(hf.load_tokenizer(os.path.expanduser(path)), self.config.data.max_len)
+        return TextTokenizer(hf.load_tokenizer(os.path.expanduser(path)), max_len)
 
     def source(self, split: str, *, key: str = "data.train_split", limit: int = 0) -> Any:
         """A random-access source of the configured data's ``split`` (images undecoded), its

@@ -22,8 +22,10 @@ import tensorflow_datasets as tfds
 from jaxalign.data.builtin import (
     BUILTIN,
     SPECIAL_TOKENS,
+    TOKENIZER_STAMP,
     build_caption_tokenizer,
     caption_corpus,
+    load_caption_tokenizer,
     prepare,
 )
 from jaxalign.data.builtin import digits_domains as dd
@@ -271,6 +273,33 @@ def test_tokenizer_loads_offline_and_covers_the_captions(built: Path, tmp_path: 
         assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
         assert tokenizer.decode(ids, skip_special_tokens=True) == caption
     assert tokenizer("a purple blob")["input_ids"][3] == tokenizer.unk_token_id
+
+
+def test_the_tokenizer_reads_without_transformers_as_with_it(built: Path, tmp_path: Path):
+    """``load_caption_tokenizer`` (the tokenizers library alone, what the CLIP task reads)
+    encodes every caption as transformers' tokenizer of the same directory does; a current
+    directory is not written again, a stale one is; a missing one is named."""
+    from jaxalign.data.tokenizer import TextTokenizer
+    from jaxalign.errors import MissingDataError
+    from jaxalign.interop import hf
+
+    path = build_caption_tokenizer(tmp_path)
+    plain = TextTokenizer(load_caption_tokenizer(tmp_path), 12, pad_id=0)
+    with_transformers = TextTokenizer(hf.load_tokenizer(path), 12)
+    captions = [*sorted(set(caption_corpus(built)))[:200], "A purple BLOB, left of it!", ""]
+    for caption in captions:
+        for a, b in zip(plain(caption), with_transformers(caption), strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=caption)
+
+    os.utime(path / "tokenizer.json", ns=(0, 0))
+    build_caption_tokenizer(tmp_path)
+    assert (path / "tokenizer.json").stat().st_mtime_ns == 0  # current: left alone
+    (path / TOKENIZER_STAMP).write_text("another definition")
+    build_caption_tokenizer(tmp_path)
+    assert (path / "tokenizer.json").stat().st_mtime_ns > 0  # stale: written again
+    assert (path / TOKENIZER_STAMP).read_text() != "another definition"
+    with pytest.raises(MissingDataError, match=r"no built-in caption tokenizer at .*nowhere"):
+        load_caption_tokenizer(tmp_path / "nowhere")
 
 
 def test_options_build_a_separate_variant(tmp_path: Path):

@@ -20,7 +20,9 @@ For masked language modelling, ``caption_corpus`` gives the training captions an
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
 import sys
 import time
@@ -33,6 +35,7 @@ import tensorflow_datasets as tfds
 from jaxalign.data.builtin import digits_domains, shapes_captions
 from jaxalign.data.builtin.digits_domains import DigitsDomains
 from jaxalign.data.builtin.shapes_captions import ShapesCaptions
+from jaxalign.errors import MissingDataError
 
 BUILTIN: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "shapes_captions": ShapesCaptions,
@@ -42,6 +45,7 @@ BUILTIN: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
 # Tokenizer special tokens, in id order ([PAD] = 0); the grammar's words follow, sorted.
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<|endoftext|>")
 TOKENIZER_DIRNAME = "shapes_captions_tokenizer"
+TOKENIZER_STAMP = "jaxalign-definition.sha256"  # beside the tokenizer's files
 
 __all__ = [
     "BUILTIN",
@@ -51,6 +55,7 @@ __all__ = [
     "build_caption_tokenizer",
     "caption_corpus",
     "digits_domains",
+    "load_caption_tokenizer",
     "prepare",
     "shapes_captions",
 ]
@@ -128,12 +133,13 @@ def build_caption_tokenizer(data_dir: str | os.PathLike) -> Path:
     every caption encodes without [UNK]. Text is lower-cased and split on whitespace and
     punctuation; single sequences become ``[CLS] ... [SEP]``. The directory
     (``data_dir / "shapes_captions_tokenizer"``) loads offline with
-    ``transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)``. Rewritten on
-    every call, with the same content.
+    ``transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)``. Written again
+    only when its definition changed: a hash of the definition (``TOKENIZER_STAMP``) is kept
+    beside it, so a run that finds it current does not import transformers (about 4 s where
+    torch is installed, which transformers imports).
     """
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *shapes_captions.VOCABULARY))}
     tokenizer = Tokenizer(WordLevel(vocab=vocab, unk_token="[UNK]"))
@@ -144,17 +150,42 @@ def build_caption_tokenizer(data_dir: str | os.PathLike) -> Path:
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        eos_token="<|endoftext|>",
-        model_max_length=64,
-    )
+    special = {
+        "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+        "mask_token": "[MASK]", "eos_token": "<|endoftext|>",
+    }  # fmt: skip
+    definition = json.dumps([tokenizer.to_str(), special, 64], sort_keys=True)
+    stamp = hashlib.sha256(definition.encode()).hexdigest()
     path = Path(data_dir) / TOKENIZER_DIRNAME
+    written = [path / TOKENIZER_STAMP, path / "tokenizer.json", path / "tokenizer_config.json"]
+    if all(p.is_file() for p in written) and written[0].read_text() == stamp:
+        return path
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=64, **special)
     path.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(os.fspath(path))
+    partial = path / f"{TOKENIZER_STAMP}.{os.getpid()}"
+    partial.write_text(stamp)
+    partial.replace(path / TOKENIZER_STAMP)  # last, and whole: the files above are complete
     return path
+
+
+def load_caption_tokenizer(data_dir: str | os.PathLike) -> Any:
+    """The tokenizer ``build_caption_tokenizer`` wrote under ``data_dir``, as a
+    ``tokenizers.Tokenizer`` (pad id 0, ``[PAD]``): the backend tokenizer that
+    ``transformers.AutoTokenizer`` loads from the same directory, read without importing
+    transformers, which takes about 4 s of every trainer process where torch is installed (it
+    imports torch).
+
+    Raises:
+      MissingDataError: no ``tokenizer.json`` in ``data_dir / TOKENIZER_DIRNAME``.
+    """
+    from tokenizers import Tokenizer
+
+    path = Path(data_dir) / TOKENIZER_DIRNAME / "tokenizer.json"
+    if not path.is_file():
+        raise MissingDataError(
+            f"no built-in caption tokenizer at {path}; build_caption_tokenizer writes it"
+        )
+    return Tokenizer.from_file(os.fspath(path))
