@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from tests.trainer_child import child_interpreter
+from tests.trainer_child import cache_on_every_process, child_interpreter
 
 
 def interpreter(directory, process: int, seconds: float) -> str:
@@ -21,6 +21,7 @@ def interpreter(directory, process: int, seconds: float) -> str:
 def main(argv: list[str]) -> int:
     if argv[:2] != ["-m", "jaxalign"]:
         raise SystemExit(f"usage: lagging_child.py -m jaxalign train ...; got {argv[:2]}")
+    cache_on_every_process()
     import jax
 
     from jaxalign import cli, train

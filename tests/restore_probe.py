@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.trainer_child import child_interpreter
+from tests.trainer_child import cache_on_every_process, child_interpreter
 
 
 def fingerprints(batch: dict[str, Any]) -> list[str]:
@@ -124,6 +124,7 @@ def main(argv: list[str]) -> int:
     if argv[:2] != ["-m", "jaxalign"]:
         raise SystemExit(f"usage: restore_probe.py -m jaxalign train ...; got {argv[:2]}")
     directory = os.environ["RESTORE_PROBE_DIR"]
+    cache_on_every_process()
     from jaxalign import cli
     from jaxalign.data import elastic
     from jaxalign.train_lib.checkpoint import Checkpointer

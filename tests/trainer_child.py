@@ -68,6 +68,29 @@ def compilation_cache():
         cache.reset_cache()
 
 
+def cache_on_every_process() -> None:
+    """Lets every process of a multi-process test run write its compiled programs into the
+    compilation cache. jax writes from process 0 only, and a program's cache key differs from
+    one process to the next on CPU (``jit_step``'s key in processes 0 and 1 of one ``2x4``
+    launch: two keys), so processes 1, 2, ... of every launch compiled every program again
+    (about 30 s of CPU each for the tiny preset, 57 programs); writing their own entries, a
+    later launch of the same layout loads them. What a process loads is still only what it
+    compiled for the identical program, options and devices. A jax-internal name
+    (``jax._src.compiler._cache_write``): a jax that renames it fails here, loudly."""
+    from jax._src import compilation_cache, compiler
+
+    if not callable(getattr(compiler, "_cache_write", None)):
+        raise RuntimeError("jax._src.compiler._cache_write is gone: update cache_on_every_process")
+
+    def write(cache_key, compile_time_secs, module_name, backend, executable, host_callbacks):
+        if not host_callbacks:  # as jax: programs with host callbacks are not cached
+            compilation_cache.put_executable_and_time(
+                cache_key, module_name, executable, backend, int(compile_time_secs)
+            )
+
+    compiler._cache_write = write
+
+
 def run_trainer(
     spec,
     workdir,
@@ -208,6 +231,17 @@ def saved_subtree(workdir, *path: str, step: int | None = None) -> dict:
     return jax.device_get(part)
 
 
+def main(argv: list[str]) -> int:
+    """``python -m tests.trainer_child -m jaxalign train ...`` (``child_interpreter``'s form):
+    the trainer, every process writing the compilation cache (``cache_on_every_process``)."""
+    if argv[:2] != ["-m", "jaxalign"]:
+        raise SystemExit(f"usage: trainer_child.py -m jaxalign train ...; got {argv[:2]}")
+    cache_on_every_process()
+    from jaxalign import cli
+
+    return cli.main(argv[2:])
+
+
 def child_interpreter(directory, module: str, **env: object) -> str:
     """Writes ``directory/python``: an interpreter for ``launch/local.sh``'s ``PYTHON`` that
     runs ``python -m <module> <its arguments>`` from the repository root with ``env`` set;
@@ -222,3 +256,7 @@ def child_interpreter(directory, module: str, **env: object) -> str:
         )
     os.chmod(path, 0o755)
     return path
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
