@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 
 from jaxalign.train_lib.metric_writers import read_metrics
 from tests.xla_flags import with_devices
@@ -83,10 +84,17 @@ def cache_on_every_process() -> None:
         raise RuntimeError("jax._src.compiler._cache_write is gone: update cache_on_every_process")
 
     def write(cache_key, compile_time_secs, module_name, backend, executable, host_callbacks):
-        if not host_callbacks:  # as jax: programs with host callbacks are not cached
+        if host_callbacks:  # as jax: programs with host callbacks are not cached
+            return
+        try:
             compilation_cache.put_executable_and_time(
                 cache_key, module_name, executable, backend, int(compile_time_secs)
             )
+        except Exception as error:  # as jax: a failed write warns, unless told to raise
+            if compiler._should_raise_persistent_cache_error(error):
+                raise
+            message = f"compilation cache entry for {module_name!r} not written: {error}"
+            warnings.warn(message, stacklevel=2)
 
     compiler._cache_write = write
 

@@ -32,9 +32,9 @@ def _all_finite(*trees: Any) -> jax.Array:
     The leaves' counts of non-finite elements are summed and divided into before the comparison.
     XLA copies a cheap scalar computation into every fusion that reads it, here one fusion per
     leaf of the state (``keep_if_finite``'s selects): a chain of per-leaf ``and``s grew the
-    program with the square of the leaf count (the tiny CLIP step on 8 devices: 32,808 lines of
-    compiled HLO, 6,451 of them ``and``s, 12.3-12.8 s to compile on 2 cores), whereas a division
-    is computed once and read by all (17,346 lines, no ``and``, 7.6-8.1 s)."""
+    program with the square of the leaf count (the tiny CLIP step: 6,451 ``and``s in 32,814
+    lines of compiled HLO), whereas a division is computed once and read by all (no ``and`` in
+    17,352 lines; the compile time a third lower: docs/benchmarks.md, "Compiling the step")."""
     counts = [jnp.sum(~jnp.isfinite(x), dtype=jnp.float32) for x in jax.tree.leaves(trees)]
     if not counts:
         return jnp.array(True)

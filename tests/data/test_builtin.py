@@ -1,7 +1,8 @@
 """Built-in datasets: offline builds, byte-identical rebuilds, and what reads back.
 
-Both datasets are built from nothing twice: once in this process and once in a fresh Python
-process with another ``PYTHONHASHSEED`` (a second build in the same process could hide
+Both datasets are built from nothing twice: once for the test session (in this worker or the
+other one: ``tests/conftest.py``) and once in a fresh Python process with another
+``PYTHONHASHSEED`` (a second build in the same process could hide
 per-process nondeterminism, such as the proto map order that ``DeterministicExampleWriter``
 fixes). Build times are printed (``pytest -s``), never asserted.
 """
@@ -54,8 +55,8 @@ for name in sys.argv[2:]:
 
 @pytest.fixture(scope="module")
 def built(builtin_data_dir: str) -> Path:
-    """Both datasets built from nothing in this process (the session's build, which the
-    trainer tests of this worker read too; tests/conftest.py); returns the data_dir."""
+    """Both datasets built from nothing for the test session (by this worker or the other
+    one; the trainer tests read the same build: tests/conftest.py); returns the data_dir."""
     return Path(builtin_data_dir)
 
 
