@@ -114,8 +114,9 @@ def _torch_features(model, images, ids, mask):
 
 
 def _our_features(model, variables, images, ids, mask):
-    image, image_out = model.apply(variables, images, method="encode_image")
-    text, text_out = model.apply(variables, ids, mask, method="encode_text")
+    apply = jax.jit(model.apply, static_argnames="method")  # one compile per tower
+    image, image_out = apply(variables, images, method="encode_image")
+    text, text_out = apply(variables, ids, mask, method="encode_text")
     return image, image_out["img/projected"], text, text_out["txt/projected"]
 
 
@@ -204,7 +205,7 @@ def test_load_bert_matches_transformers(cls, tmp_path):
         ).last_hidden_state.numpy()
     model, variables = hf.load_bert(tmp_path)
     assert (model.causal, model.pre_norm, model.pool) == (False, False, "first")
-    pooled, out = model.apply(variables, ids, mask, types)
+    pooled, out = jax.jit(model.apply)(variables, ids, mask, types)
     real = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(out["encoded"])[real], want[real], **TOL)
     np.testing.assert_allclose(pooled, want[:, 0], **TOL)
@@ -222,7 +223,7 @@ def test_load_bert_mlm_matches_masked_lm_logits(tmp_path):
         ).logits.numpy()
     model, variables = hf.load_bert_mlm(tmp_path / "mlm")
     assert set(variables["params"]) == {"text", "mlm_head"}
-    logits = np.asarray(model.apply(variables, ids, mask))
+    logits = np.asarray(jax.jit(model.apply)(variables, ids, mask))
     assert logits.shape == (2, 9, VOCAB)
     real = mask.astype(bool)
     np.testing.assert_allclose(logits[real], want[real], **TOL)

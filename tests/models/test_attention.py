@@ -45,7 +45,7 @@ def test_the_padded_form_equals_the_masked_one(queries, keys, causal, masked):
                 out = out * mask[:, :, None, None]
             return jnp.sum(out * weights)
 
-        return jax.value_and_grad(f, argnums=(0, 1, 2))(q, k, v)
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(q, k, v)  # one compile
 
     (value, grads), (expected, expected_grads) = (
         loss(layers.padded_attention),

@@ -35,8 +35,8 @@ def test_values_and_gradients_are_the_convolutions(size):
     np.testing.assert_allclose(
         cnn.conv_stage(x, kernel, bias), reference(x, kernel, bias), rtol=1e-5, atol=1e-5
     )
-    got = jax.grad(loss(cnn.conv_stage), argnums=(0, 1, 2))(x, kernel, bias)
-    want = jax.grad(loss(reference), argnums=(0, 1, 2))(x, kernel, bias)
+    got = jax.jit(jax.grad(loss(cnn.conv_stage), argnums=(0, 1, 2)))(x, kernel, bias)
+    want = jax.jit(jax.grad(loss(reference), argnums=(0, 1, 2)))(x, kernel, bias)
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 

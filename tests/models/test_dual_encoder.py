@@ -22,7 +22,7 @@ def _tiny_inputs(batch=2):
 def test_tiny_dual_encoder_outputs():
     model = models.build("tiny")
     images, ids = _tiny_inputs()
-    variables = nn.unbox(model.init(jax.random.key(0), images, ids))
+    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, ids))
     np.testing.assert_allclose(variables["params"]["logit_scale"], math.log(1 / 0.07), rtol=1e-6)
     assert "logit_bias" not in variables["params"]
     outputs, inter = model.apply(variables, images, ids)
@@ -61,7 +61,7 @@ def test_siglip_initialisation():
     images, ids = _tiny_inputs()
     params = jax.eval_shape(model.init, jax.random.key(0), images, ids)["params"]
     assert "logit_bias" in params
-    variables = nn.unbox(model.init(jax.random.key(0), images, ids))
+    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), images, ids))
     np.testing.assert_allclose(variables["params"]["logit_scale"], math.log(10.0), rtol=1e-6)
     np.testing.assert_allclose(variables["params"]["logit_bias"], -10.0)
 

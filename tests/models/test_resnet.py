@@ -50,7 +50,7 @@ def _train_step(model, variables, images, weights):
 def test_shapes_and_stems(fields, size, features, grid):
     model = ResNet(**fields)
     images = _images(batch=2, size=size)
-    variables = nn.unbox(model.init(jax.random.key(0), images))
+    variables = nn.unbox(jax.jit(model.init)(jax.random.key(0), images))
     assert sorted(variables) == ["batch_stats", "params"]
     pooled, out = model.apply(variables, images)
     assert pooled.shape == (2, features) == (2, model.features)

@@ -22,7 +22,7 @@ def _ids(batch=3, length=10, seed=1, vocab=50):
 
 
 def _init(model, *args):
-    return nn.unbox(model.init(KEY, *args))
+    return nn.unbox(jax.jit(model.init)(KEY, *args))  # one compile, not one per operation
 
 
 @pytest.mark.parametrize("pool", ["cls", "mean", "map"])

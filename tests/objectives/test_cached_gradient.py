@@ -38,7 +38,7 @@ def _setup(mesh):
     if mesh is not None:
         batch = jax.device_put(batch, batch_sharding(mesh))
     model = TinyDualEncoder()
-    params = model.init(jax.random.key(0), batch)
+    params = jax.jit(model.init)(jax.random.key(0), batch)
     return model, params, batch
 
 

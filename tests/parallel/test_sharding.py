@@ -77,7 +77,7 @@ def test_sharded_forward_equals_one_device(mesh_shape):
     model = models.build("tiny")
     images = jax.random.normal(jax.random.key(0), (8, 64, 64, 3))
     ids = jax.random.randint(jax.random.key(1), (8, 16), 0, 1024)
-    variables = nn.unbox(model.init(jax.random.key(2), images, ids))
+    variables = nn.unbox(jax.jit(model.init)(jax.random.key(2), images, ids))
     reference, _ = jax.jit(model.apply)(variables, images, ids)
 
     mesh = make_mesh(mesh_shape)

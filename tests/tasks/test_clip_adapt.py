@@ -72,7 +72,7 @@ def test_target_stream_is_images_only(shapes_data_dir):
     assert batch["target"]["image"].shape == (8, 32, 32, 3)  # adapt.target_batch_size: half
     assert task.batch_spec()["target"]["image"].shape == (8, 32, 32, 3)
     assert sorted(batch["pairs"]) == ["ids", "image", "mask"]
-    params = task.init(jax.random.key(0))["params"]
+    params = jax.jit(task.init)(jax.random.key(0))["params"]
     assert "domain_discriminator" in params and "image_tower" in params
 
 

@@ -115,17 +115,17 @@ def test_mae_encoder_sees_visible_patches_and_loss_reads_hidden_ones(builtin_dat
     task = MAETask(config_lib.load(_spec("mae"), _overrides(builtin_data_dir)), mesh)
     images = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
     np.testing.assert_array_equal(unpatchify(patchify(images, 4), 4), images)
-    params = task.init(jax.random.key(1))["params"]
+    params = jax.jit(task.init)(jax.random.key(1))["params"]
     rng = jax.random.key(2)
     keep, restore, mask = random_patch_mask(rng, 4, 16, 0.75)
-    predict = lambda x: task.model.apply({"params": params}, x, keep, restore)
+    predict = jax.jit(lambda x: task.model.apply({"params": params}, x, keep, restore))
     prediction = predict(images)
     # Hidden pixels never reach the prediction: the encoder sees the visible patches only.
     moved = unpatchify(patchify(images, 4) + 3.0 * mask[..., None], 4)
     np.testing.assert_allclose(predict(moved), prediction, rtol=1e-6, atol=1e-6)
     # The loss is the mean squared error over the hidden patches (of normalised targets).
     error = np.mean(np.square(prediction - task.targets(images)), axis=-1)
-    loss, _, metrics = task.loss(params, {}, {"image": images}, rng, 0)
+    loss, _, metrics = jax.jit(task.loss)(params, {}, {"image": images}, rng, 0)
     np.testing.assert_allclose(loss, error[mask > 0].mean(), rtol=1e-5)
     np.testing.assert_allclose(metrics["visible_loss"], error[mask == 0].mean(), rtol=1e-5)
 
