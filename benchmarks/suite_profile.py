@@ -1,13 +1,18 @@
-"""Where the test suite's time goes: a pytest plugin that records, per test, its wall time and
-the seconds jax spent tracing, lowering and compiling in the test's own process (by program
-name), and a summary of the records. Child processes (trainers, multi-process launches) are
-not seen: their time shows only in their test's wall time.
+"""Where the test suite's time goes, per test and per compiled program.
+
+A pytest plugin records, per test, its wall time and the seconds jax spent tracing, lowering and
+compiling in the test's own process (by program name); ``main`` summarises the records. Child
+processes (trainers, multi-process launches) are not seen: their time shows only in their
+test's wall time. jax times a program's compile around its compilation-cache lookup, so a
+program read from the persistent cache counts as a compile (of the read's duration), and a
+nested ``jit`` is traced, and counted, within its caller's trace as well.
 
     PYTHONPATH=benchmarks python -m pytest -q -p suite_profile      # writes SUITE_PROFILE_DIR
     python benchmarks/suite_profile.py                                # the tables, Markdown
 
 Each pytest process (each xdist worker) writes ``<dir>/<worker>.json`` at the end of the session;
-the directory is ``$SUITE_PROFILE_DIR``, by default ``/tmp/suite_profile``. The records use
+the directory is ``$SUITE_PROFILE_DIR``, by default ``/tmp/suite_profile``; the session's main
+process empties it first, so the summary reads one run. The records use
 ``jax.monitoring``'s duration events (``/jax/core/compile/backend_compile_duration`` with the
 program's ``fun_name``, and the tracing and lowering events), so nothing about the tests changes.
 """
@@ -20,6 +25,7 @@ import glob
 import json
 import os
 import time
+import warnings
 from typing import Any
 
 import pytest
@@ -35,15 +41,37 @@ _listening = False
 
 
 def _listen(event: str, duration: float, **kwargs: Any) -> None:
-    if _current is None:
+    """jax's duration listener: adds ``duration`` to the running test's record. Called from
+    whichever thread compiles (a background save's too), so it reads the record once and never
+    raises into jax."""
+    record = _current
+    if record is None or event not in (COMPILE, TRACE, LOWER):
         return
-    if event == COMPILE:
-        name = str(kwargs.get("fun_name", "?"))
-        seconds, count = _current["programs"].get(name, (0.0, 0))
-        _current["programs"][name] = (seconds + duration, count + 1)
-    if event in (COMPILE, TRACE, LOWER):
+    try:
+        if event == COMPILE:
+            name = str(kwargs.get("fun_name", "?"))
+            seconds, count = record["programs"].get(name, (0.0, 0))
+            record["programs"][name] = (seconds + duration, count + 1)
         key = event.rsplit("/", 1)[-1].removesuffix("_duration")
-        _current[key] = _current.get(key, 0.0) + duration
+        record[key] = record.get(key, 0.0) + duration
+    except Exception:  # a profile must never fail a test
+        pass
+
+
+def _directory() -> str:
+    return os.environ.get("SUITE_PROFILE_DIR", DEFAULT_DIR)
+
+
+def _is_worker() -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
+def pytest_sessionstart(session: Any) -> None:
+    """The main process (not an xdist worker) empties the directory of an earlier run's
+    records."""
+    if not _is_worker():
+        for path in glob.glob(os.path.join(_directory(), "*.json")):
+            os.remove(path)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -69,11 +97,18 @@ def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
 
 
 def pytest_sessionfinish(session: Any) -> None:
-    directory = os.environ.get("SUITE_PROFILE_DIR", DEFAULT_DIR)
-    os.makedirs(directory, exist_ok=True)
+    """Writes this process's records (none from an xdist controller, which runs no test); a
+    failed write warns and leaves the run's outcome alone."""
+    if not _records:
+        return
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    with open(os.path.join(directory, f"{worker}.json"), "w") as f:
-        json.dump(_records, f)
+    path = os.path.join(_directory(), f"{worker}.json")
+    try:
+        os.makedirs(_directory(), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(_records, f)
+    except OSError as error:
+        warnings.warn(f"suite_profile: could not write {path}: {error}", stacklevel=1)
 
 
 def summarize(directory: str, top: int) -> str:
@@ -114,8 +149,8 @@ def summarize(directory: str, top: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", default=os.environ.get("SUITE_PROFILE_DIR", DEFAULT_DIR))
+    parser = argparse.ArgumentParser(description="Summarise the suite_profile plugin's records.")
+    parser.add_argument("--dir", default=_directory())
     parser.add_argument("--top", type=int, default=15, help="rows per table")
     args = parser.parse_args()
     print(summarize(args.dir, args.top))

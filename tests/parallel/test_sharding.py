@@ -82,7 +82,7 @@ def test_sharded_forward_equals_one_device(mesh_shape):
 
     mesh = make_mesh(mesh_shape)
     sharded, shardings = sharded_init(model.init, mesh, jax.random.key(2), images, ids)
-    # the same initial values (up to float32 rounding of the compiled init), now sharded
+    # the same initial values as the init on one device (up to float32 rounding), now sharded
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), sharded, variables
     )
