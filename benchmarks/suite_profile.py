@@ -62,14 +62,17 @@ def _directory() -> str:
     return os.environ.get("SUITE_PROFILE_DIR", DEFAULT_DIR)
 
 
-def _is_worker() -> bool:
-    return "PYTEST_XDIST_WORKER" in os.environ
+def _worker(config: Any) -> str | None:
+    """This process's xdist worker id (``gw0``, ...), or None in pytest's main process. Read
+    from the config, not the environment: a pytest started by a test inherits its worker's."""
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput["workerid"] if workerinput else None
 
 
 def pytest_sessionstart(session: Any) -> None:
     """The main process (not an xdist worker) empties the directory of an earlier run's
     records."""
-    if not _is_worker():
+    if _worker(session.config) is None:
         for path in glob.glob(os.path.join(_directory(), "*.json")):
             os.remove(path)
 
@@ -101,8 +104,7 @@ def pytest_sessionfinish(session: Any) -> None:
     failed write warns and leaves the run's outcome alone."""
     if not _records:
         return
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    path = os.path.join(_directory(), f"{worker}.json")
+    path = os.path.join(_directory(), f"{_worker(session.config) or 'main'}.json")
     try:
         os.makedirs(_directory(), exist_ok=True)
         with open(path, "w") as f:
