@@ -106,7 +106,7 @@ def test_presets_differ_as_documented():
     assert config_lib.to_dict(config_lib.load(CLIP)) == config_lib.to_dict(demo)  # no preset
     assert siglip.objective.loss == "siglip" and demo.objective.loss == "clip"
     assert siglip.model.logit_scale_init == pytest.approx(math.log(10))
-    assert siglip.model.logit_bias_init == -7.0 and demo.model.logit_bias_init is None
+    assert siglip.model.logit_bias_init == -5.0 and demo.model.logit_bias_init is None
     assert tiny.train.steps <= 10 and tiny.train.global_batch_size <= 32
     assert 0 < tiny.evals.max_examples <= 64
     assert demo.init_from.workdir == "" and demo.optim.ema_decay == 0.0
