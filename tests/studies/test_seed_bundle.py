@@ -83,11 +83,13 @@ def test_a_bundle_refuses_configs_that_differ_beyond_the_seed():
         seed_bundle.check_bundle(transfer)
 
 
-def test_a_bundle_compiles_init_once_and_gives_each_seed_its_own_runs_init():
+def test_a_bundle_compiles_init_once_and_gives_each_seed_its_own_runs_init(builtin_data_dir):
     from jaxalign.parallel.sharding import sharded_init
 
     spec = str(ROOT / "configs/adapt_digits.py:tiny")
-    configs = [config_lib.load(spec, [f"seed={s}"]) for s in (0, 1)]
+    # The data directory is the session's: the task reads the class names from the dataset.
+    overrides = [f"data.data_dir={builtin_data_dir}"]
+    configs = [config_lib.load(spec, [f"seed={s}", *overrides]) for s in (0, 1)]
     setups = [train.setup_run(c, jax.devices()[:1], prepare_data=False) for c in configs]
     traces = []
 
