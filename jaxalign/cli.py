@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from jaxalign import __version__
+from jaxalign import __version__, host_memory
 
 
 def _env(args: argparse.Namespace, overrides: Sequence[str]) -> int:
@@ -217,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> None:
     """The console entry point: ``main`` with a clean exit on Ctrl-C outside the training loop
     (while importing, or a second Ctrl-C): one line, exit status 130, and no interpreter
-    shutdown racing XLA's or orbax's threads."""
+    shutdown racing XLA's or orbax's threads. Before anything, on Linux with glibc, the command
+    starts itself again with transparent huge pages for malloc (``jaxalign.host_memory``)."""
+    host_memory.restart_with_huge_pages(sys.argv[1:])
     try:
         code = main()
     except KeyboardInterrupt:

@@ -1,9 +1,10 @@
 """What a run ran on: library versions, devices, processes, the git commit and whether the
-checkout had uncommitted changes (``env.json``)."""
+checkout had uncommitted changes, glibc's tunables (``env.json``)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -62,4 +63,5 @@ def describe() -> dict[str, Any]:
         "process_index": jax.process_index(),
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # jaxalign.host_memory
     }

@@ -14,6 +14,7 @@ if "jax" in sys.modules:
         "jax was imported before tests/conftest.py could set "
         "--xla_force_host_platform_device_count=8; import jax only inside tests"
     )
+from jaxalign import host_memory  # imports nothing: jax is still not imported
 from tests.xla_flags import with_devices  # imports nothing, so jax is still not imported
 
 # The suite starts many Python processes (trainers, multi-process launches). Where the
@@ -23,6 +24,10 @@ from tests.xla_flags import with_devices  # imports nothing, so jax is still not
 os.environ["PYTHONDONTWRITEBYTECODE"] = ""  # empty: unset, for the processes started here
 sys.dont_write_bytecode = False
 os.environ["JAX_PLATFORMS"] = "cpu"
+# The processes tests start (and the test workers) get the huge-pages tunable the ``jaxalign``
+# command restarts itself with (``jaxalign.host_memory``), so a child that runs ``cli.run()``
+# after patching the trainer runs with its patches, not restarted without them.
+os.environ.update(host_memory.environment_with_huge_pages(os.environ) or {})
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), with_devices(8)]).strip()
 
 import jax  # noqa: E402
