@@ -12,6 +12,8 @@ chosen target accuracies between the two.
 Each timing mode starts from an empty study directory (``WORKDIR/<mode>``). ``--override=KEY=VALUE``
 (repeatable) changes the cell's config for a timing, e.g. ``data.example_cache_mb=0`` (no example
 cache); such a run goes to ``WORKDIR/<mode>-<overrides>`` and ``--mode=compare`` ignores it.
+Like the ``jaxalign`` command, the script starts itself again with glibc's huge-pages tunable
+for malloc (``jaxalign.host_memory``; ``JAXALIGN_HUGE_PAGES=0``: without).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import os
 import shutil
 import sys
 import time
+
+from jaxalign import host_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = """
@@ -82,6 +86,8 @@ def compare(workdir: str) -> None:
 
 
 def main() -> None:
+    # As the ``jaxalign`` command does: huge pages for malloc (``jaxalign.host_memory``).
+    host_memory.restart_with_huge_pages([os.path.abspath(__file__), *sys.argv[1:]])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--mode", choices=("sequential", "bundled", "compare"), required=True)

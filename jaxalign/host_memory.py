@@ -42,12 +42,13 @@ def environment_with_huge_pages(environ: Mapping[str, str]) -> dict[str, str] | 
     return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, (tunables, f"{TUNABLE}=1")))}
 
 
-def restart_with_huge_pages(argv: Sequence[str]) -> None:
-    """Replaces this process (same PID) with ``python -m jaxalign argv`` under
-    ``environment_with_huge_pages``; returns (doing nothing) when that is None."""
+def restart_with_huge_pages(command: Sequence[str]) -> None:
+    """Replaces this process (same PID) with ``python command`` (``["-m", "jaxalign", ...]``,
+    or a script's path and arguments) under ``environment_with_huge_pages``; returns, doing
+    nothing, when that is None."""
     environ = environment_with_huge_pages(os.environ)
     if environ is None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "jaxalign", *argv], environ)
+    os.execve(sys.executable, [sys.executable, *command], environ)
