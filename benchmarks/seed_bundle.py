@@ -87,7 +87,7 @@ def compare(workdir: str) -> None:
 
 def main() -> None:
     # As the ``jaxalign`` command does: huge pages for malloc (``jaxalign.host_memory``).
-    host_memory.restart_with_huge_pages([os.path.abspath(__file__), *sys.argv[1:]])
+    host_memory.restart_with_huge_pages()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--mode", choices=("sequential", "bundled", "compare"), required=True)

@@ -219,7 +219,7 @@ def run() -> None:
     (while importing, or a second Ctrl-C): one line, exit status 130, and no interpreter
     shutdown racing XLA's or orbax's threads. Before anything, on Linux with glibc, the command
     starts itself again with transparent huge pages for malloc (``jaxalign.host_memory``)."""
-    host_memory.restart_with_huge_pages(["-m", "jaxalign", *sys.argv[1:]])
+    host_memory.restart_with_huge_pages()
     try:
         code = main()
     except KeyboardInterrupt:

@@ -24,9 +24,9 @@ from tests.xla_flags import with_devices  # imports nothing, so jax is still not
 os.environ["PYTHONDONTWRITEBYTECODE"] = ""  # empty: unset, for the processes started here
 sys.dont_write_bytecode = False
 os.environ["JAX_PLATFORMS"] = "cpu"
-# The processes tests start (and the test workers) get the huge-pages tunable the ``jaxalign``
-# command restarts itself with (``jaxalign.host_memory``), so a child that runs ``cli.run()``
-# after patching the trainer runs with its patches, not restarted without them.
+# The processes tests start (and the test workers) run with the huge-pages tunable the
+# ``jaxalign`` command restarts itself with (``jaxalign.host_memory``), as the command does,
+# and need no restart.
 os.environ.update(host_memory.environment_with_huge_pages(os.environ) or {})
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), with_devices(8)]).strip()
 
