@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+from jaxalign import host_memory
+
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,6 +46,9 @@ def _parse() -> argparse.Namespace:
 
 ARGS = _parse()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Both sides with huge pages for malloc, as the ``jaxalign`` command runs (``jaxalign.host_memory``;
+# ``JAXALIGN_HUGE_PAGES=0``: without): the script starts itself again before importing more.
+host_memory.restart_with_huge_pages()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
