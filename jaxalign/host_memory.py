@@ -4,7 +4,7 @@ XLA's CPU runtime asks ``malloc`` for a program's buffers at every call and free
 call returns. glibc serves a large request on a worker thread with a fresh ``mmap`` (above
 64 MiB a thread's arena always maps, whatever ``M_MMAP_MAX`` says) and unmaps it at ``free``, so
 every step writes to new memory: a page fault for each 4 KiB page. The CLIP demo's step maps a
-391 MiB buffer this way; 150 demo steps took 15.6 million minor page faults and 31-33 s of
+391 MiB buffer this way; 150 demo steps took 15.6 million minor page faults and 31-32 s of
 kernel time (docs/performance.md, "Page faults on the host").
 
 glibc's tunable ``glibc.malloc.hugetlb=1`` has malloc advise transparent huge pages (2 MiB) for
