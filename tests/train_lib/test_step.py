@@ -174,6 +174,27 @@ def test_a_fixed_temperature_stays_at_its_init():
         assert (scale != np.float32(config.model.logit_scale_init)) == learn, (learn, scale)
 
 
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_the_step_logs_the_temperature_and_the_bias(micro_batches):
+    """The logged ``logit_scale`` is ``exp`` of the parameter before the update (the
+    metrics see the step's input parameters); SigLIP's ``logit_bias`` is logged too, CLIP has
+    none to log. Both the plain and the cached-gradient paths."""
+    for loss, bias in (("siglip", "-7.5"), ("clip", None)):
+        overrides = [f"objective.loss={loss}", f"optim.micro_batches={micro_batches}"]
+        if bias is not None:
+            overrides.append(f"model.logit_bias_init={bias}")
+        config = _config(*overrides)
+        mesh, state, step, _ = _setup(config, {"data": 1})
+        with activation_context(mesh):
+            _, metrics = step(state, next(_batches(1)))
+        scale = np.exp(np.float32(config.model.logit_scale_init))
+        np.testing.assert_allclose(float(metrics["logit_scale"]), scale, rtol=1e-6)
+        if bias is None:
+            assert "logit_bias" not in metrics
+        else:
+            assert float(metrics["logit_bias"]) == float(bias)
+
+
 def test_parameter_groups_scale_and_freeze():
     """One group halves the image tower's rate, another freezes the text tower. Without
     clipping: a clip by the global norm would couple the towers (frozen parameters have no
