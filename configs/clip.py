@@ -19,7 +19,9 @@ Presets (``--config=configs/clip.py:<preset>``; no preset = ``demo``):
   and 0.609 as it is, 0.340 and 0.645 with ``optim.lr=1e-3``. Short of InfoNCE's zero-shot
   after 500 steps. On the Intel Xeon, 2026-12-07 (the ConvNet stage as a patch product since):
   0.398 / 0.379 / 0.574 for seeds 0 / 1 / 2, R@1 0.633 / 0.613 / 0.676; a sweep of bias, scale,
-  weight decay and clipping found nothing better than the seeds' spread
+  weight decay and clipping found nothing better than the seeds' spread; 2026-12-08: it misses
+  the shape on trained pairs too (0.48 against InfoNCE's 0.98), and a second sweep (scale and
+  bias rates, frozen thresholds, batch 64 and 256) gave nothing better
   (docs/results/siglip_demo.md)::
 
     python -m jaxalign train --config=configs/clip.py:siglip_demo --workdir=runs/siglip_demo
