@@ -1,6 +1,7 @@
 """``benchmarks/accelerator.sh --cpu-smoke``: the accelerator benchmark's own code, end to end on
 tiny shapes on CPU, as CI runs it; its tables are filled with measured numbers. And
-``benchmarks/suite_profile.py``, the test-time profiler, in a pytest run of its own."""
+``benchmarks/suite_profile.py``, the test-time profiler, in a pytest run of its own; and the
+arithmetic of ``benchmarks/zeroshot_breakdown.py``."""
 
 from __future__ import annotations
 
@@ -91,3 +92,45 @@ def test_suite_profile_records_each_test_and_its_compiled_programs(tmp_path):
     assert summary.startswith("1 tests,"), summary
     assert re.search(r"\| `jit\(doubled\)` \| 1 \| " + NUMBER + r" \|", summary), summary
     assert re.search(r"\| `test_inner.py` \| 1 \| ", summary), summary
+
+
+def _load_script(name: str):
+    """A benchmark script as a module (``benchmarks/`` is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(ROOT, "benchmarks", f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_zeroshot_breakdown_poolings_and_text_similarity():
+    """``benchmarks/zeroshot_breakdown.py``'s arithmetic on embeddings built by hand: 30 classes
+    (6 colours x 5 shapes), two templates each."""
+    import numpy as np
+
+    breakdown = _load_script("zeroshot_breakdown")
+    eye = np.eye(32)
+    colour_of = np.arange(30) // 5
+    # Every template of a class on the class's own axis: alike within a class only.
+    own = np.stack([eye[:30], eye[:30]], axis=1)
+    assert breakdown.text_similarity(own) == (1.0, 0.0, 0.0)
+    # On its colour's axis: a class's templates and its colour's classes all alike.
+    by_colour = np.stack([eye[colour_of], eye[colour_of]], axis=1)
+    assert breakdown.text_similarity(by_colour) == (1.0, 1.0, 0.0)
+    # Template 0 on the class's axis, template 1 on a wording axis (30) that classes 0-28
+    # share; class 29's on axis 31. An image on class 3's axis and the wording axis: averaging
+    # the templates picks class 3; the best template alone ties classes 0-28 on the wording.
+    mixed = np.stack([eye[:30], np.repeat(eye[30:31], 30, 0)], axis=1)
+    mixed[29, 1] = eye[31]
+    image = (eye[3] + eye[30]) / np.sqrt(2)
+    scores = {k: v[0] for k, v in breakdown.class_scores(image[None], mixed).items()}
+    assert set(scores) == {"mean_embedding", "mean_cosine", "max_cosine"}
+    assert int(scores["mean_embedding"].argmax()) == int(scores["mean_cosine"].argmax()) == 3
+    np.testing.assert_allclose(scores["max_cosine"], [2**-0.5] * 29 + [0.0])
+    np.testing.assert_allclose(scores["mean_cosine"][[3, 5, 29]], [2**-0.5, 2**-1.5, 0.0])
+    # Class 3's two unit templates average to norm 1/sqrt(2); renormalised: cosine 1 with the
+    # image. Class 5's: cosine 1/2.
+    np.testing.assert_allclose(scores["mean_embedding"][[3, 5, 29]], [1.0, 0.5, 0.0], atol=1e-12)
