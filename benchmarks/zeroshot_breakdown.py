@@ -1,5 +1,6 @@
 """Zero-shot on the built-in ``shapes_captions`` taken apart: a finished CLIP-task run's newest
-checkpoint, its zero-shot split(s), top-1 split into the colour and the shape of the predicted
+checkpoint (its moving average of the parameters where it keeps one, as its evals), its
+zero-shot split(s), top-1 split into the colour and the shape of the predicted
 (colour, shape) class, under three ways of pooling the prompt templates:
 
 - ``mean_embedding``: the run's own protocol (CLIP's prompt ensembling): the class embedding is
@@ -88,10 +89,15 @@ def main() -> None:
     setup = setup_run(config, jax.devices())
     checkpointer = Checkpointer(run_files.path_of(workdir, "checkpoints"), keep=1, read_only=True)
     try:
-        part, step = checkpointer.restore_part({"params": setup.abstract_state.params})
+        abstract = setup.abstract_state
+        part, step = checkpointer.restore_part(
+            {"params": abstract.params, "ema_params": abstract.ema_params}
+        )
     finally:
         checkpointer.close()
-    task, params = setup.task, part["params"]
+    # What the run's own evals read: the moving average where the run keeps one.
+    task = setup.task
+    params = part["params"] if part["ema_params"] is None else part["ema_params"]
     print(f"{args.workdir} at step {step}, {config.objective.loss} loss")
     for split in args.split:
         out = task._embed_split(params, split, "zeroshot", False, key="--split")
