@@ -110,6 +110,12 @@ def test_presets_differ_as_documented():
     assert tiny.train.steps <= 10 and tiny.train.global_batch_size <= 32
     assert 0 < tiny.evals.max_examples <= 64
     assert demo.init_from.workdir == "" and demo.optim.ema_decay == 0.0
+    # The demo: 300 steps with label smoothing; SigLIP's demo and the adaptation demos keep the
+    # 500-step recipe without (configs/clip.py, docs/results/clip_demo.md).
+    assert (demo.train.steps, demo.objective.label_smoothing) == (300, 0.05)
+    assert demo.train.eval_every == demo.train.checkpoint_every == 150
+    for other in (siglip, _load("demo_adapt_mmd")):
+        assert (other.train.steps, other.objective.label_smoothing) == (500, 0.0)
 
 
 def test_load_errors(tmp_path: pathlib.Path):
