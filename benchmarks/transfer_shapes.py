@@ -13,7 +13,8 @@ Protocol: per arm, the learning rate with the best mean dev top-1 over the seeds
 short); its test top-1 is reported as mean, sample standard deviation (ddof 1) and the
 per-seed values, with the paired difference to scratch (same seed, same labelled images). Test
 figures never steer a choice. The CLIP run is ``configs/clip.py:demo`` (seed 0), trained first
-unless ``--clip-run`` names one.
+unless ``--clip-run`` names one. Since 2026-12-08 that demo is 300 steps with label smoothing
+0.05; docs/results/transfer_shapes.md was measured from the 500-step demo before it.
 
     python benchmarks/transfer_shapes.py --workdir=runs/transfer_shapes
     python benchmarks/transfer_shapes.py --workdir=runs/transfer_shapes --out=report.md

@@ -134,3 +134,7 @@ def test_zeroshot_breakdown_poolings_and_text_similarity():
     # Class 3's two unit templates average to norm 1/sqrt(2); renormalised: cosine 1 with the
     # image. Class 5's: cosine 1/2.
     np.testing.assert_allclose(scores["mean_embedding"][[3, 5, 29]], [1.0, 0.5, 0.0], atol=1e-12)
+    # Top-1 counts a tie against the true class: the best template ties classes 0-28.
+    assert breakdown.top1(scores["mean_embedding"][None], np.array([3])) == 1.0
+    assert breakdown.top1(scores["max_cosine"][None], np.array([3])) == 0.0
+    assert breakdown.top1(scores["max_cosine"][None], np.array([29])) == 0.0

@@ -3,7 +3,8 @@
     jaxalign study --config=configs/studies/clip_batch_temperature.py \
         --workdir=studies/clip_batch_temperature
 
-Each run is ``configs/clip.py:demo`` (500 steps on the built-in ``shapes_captions``) at a
+Each run is the CLIP demo's model and data at the 500-step recipe without label smoothing
+(``configs/clip.py:demo`` as it was before 2026-12-08, the overrides below) at a
 global batch of 32, 64 or 128 examples, with the InfoNCE temperature learned from CLIP's
 initial 1/0.07 (Radford et al. 2021) or fixed there. The same number of steps at every batch:
 the larger batches see more examples and more negatives per step. Reported: zero-shot top-1
@@ -19,7 +20,14 @@ from __future__ import annotations
 def get_study() -> dict:
     return dict(
         base="configs/clip.py:demo",
-        overrides=("train.timing_in_metrics=False",),
+        overrides=(
+            "train.timing_in_metrics=False",
+            # The 500-step recipe (configs/clip.py base()): no smoothing to blur the temperature.
+            "train.steps=500",
+            "train.eval_every=250",
+            "train.checkpoint_every=250",
+            "objective.label_smoothing=0.0",
+        ),
         axes={
             "batch": {f"b{n}": (f"train.global_batch_size={n}",) for n in (32, 64, 128)},
             "temperature": {

@@ -326,7 +326,7 @@ class ClipTask(Task):
         """InfoNCE / SigLIP over the global batch; no model state, no randomness."""
         del rng, step
         loss = self.loss_on_embeddings(params, self.embed(params, batch))
-        return loss, model_state, _temperature_metrics(params)
+        return loss, model_state, temperature_metrics(params)
 
     def loss_and_grad(self, params, model_state, batch, rng, step):
         """Plain ``jax.grad``, or with ``optim.micro_batches > 1`` cached-gradient
@@ -343,7 +343,7 @@ class ClipTask(Task):
             num_microbatches=micro_batches,
             mesh=self.mesh,
         )
-        return loss, grads, model_state, _temperature_metrics(params)
+        return loss, grads, model_state, temperature_metrics(params)
 
     # --- evals ----------------------------------------------------------------------------------
 
@@ -422,7 +422,7 @@ class ClipTask(Task):
         return evals.zeroshot_accuracy(out["image"], out["label"], classes)
 
 
-def _temperature_metrics(params: Any) -> dict[str, jax.Array]:
+def temperature_metrics(params: Any) -> dict[str, jax.Array]:
     """The logged ``logit_scale`` (the inverse temperature itself, not its log) and, with a
     bias parameter (SigLIP), ``logit_bias``: scalars."""
     metrics = {"logit_scale": jnp.exp(params["logit_scale"])}

@@ -42,7 +42,7 @@ from jaxalign.objectives import domain
 from jaxalign.schema import Count, Group, NonNegativeFloat, PositiveInt, shard_problems
 from jaxalign.tasks import images
 from jaxalign.tasks.base import register_task
-from jaxalign.tasks.clip import ClipConfig, ClipTask
+from jaxalign.tasks.clip import ClipConfig, ClipTask, temperature_metrics
 
 DISCRIMINATOR = "domain_discriminator"
 # Extra zero-shot evals: metric prefix -> the ``adapt`` key naming the split.
@@ -159,7 +159,7 @@ class ClipAdaptTask(ClipTask):
         del rng
         image, text = self.embed(params, batch["pairs"])
         loss = self.loss_on_embeddings(params, (image, text))
-        metrics = {"logit_scale": jnp.exp(params["logit_scale"])}
+        metrics = temperature_metrics(params)
         if not self.adapting:
             return loss, model_state, metrics
         target, _ = self.model.apply(
